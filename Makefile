@@ -1,0 +1,41 @@
+# Two entry points: `make run` (HTTP server on the demo model) and `make test`.
+# Both install what is missing first: system packages, a virtualenv and the project.
+
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+INSTALLED := $(VENV)/.installed
+HTTP_PORT ?= 8080
+
+.PHONY: run test install system-deps lint demo-model fixtures
+
+run: $(INSTALLED)
+	SERVICE_MODE=$${SERVICE_MODE:-http} HTTP_PORT=$(HTTP_PORT) $(VENV)/bin/nemo-stt serve
+
+test: $(INSTALLED)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+install: $(INSTALLED)
+
+$(INSTALLED): pyproject.toml constraints.txt
+	$(MAKE) system-deps
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -c constraints.txt torch==2.13.0
+	$(PIP) install -c constraints.txt -e '.[dev]'
+	touch $(INSTALLED)
+
+# espeak-ng synthesizes the training speech and the test fixtures.
+system-deps:
+	@command -v espeak-ng >/dev/null || { apt-get update -q && apt-get install -y -q espeak-ng; }
+
+lint: $(INSTALLED)
+	$(VENV)/bin/ruff check .
+
+demo-model: $(INSTALLED)
+	$(PY) tools/demo_model/train.py --out src/nemo_stt/assets/demo-en-fastconformer.nemo
+
+fixtures: $(INSTALLED)
+	$(PY) tools/make_fixtures.py tests/fixtures

@@ -1,0 +1,134 @@
+"""Every environment variable of the service, with the names, defaults and meanings of LinTO-STT-NeMo.
+
+This is the only module that reads the environment. An empty value means the default
+(`NUM_THREADS=` is the same as not setting it). An invalid value stops start-up with
+one line per variable naming it, the value and what is allowed.
+"""
+
+import re
+from typing import Literal
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Architecture = Literal["ctc_bpe", "rnnt_bpe", "hybrid_bpe", "hybrid_bpe_ctc", "hybrid_bpe_rnnt"]
+VadMethod = Literal["auditok", "silero"]
+
+
+class SettingsError(ValueError):
+    """An environment variable has a value the service cannot run with."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_ignore_empty=True, case_sensitive=True, extra="ignore",
+                                      populate_by_name=True, use_attribute_docstrings=True)
+
+    # Common
+    SERVICE_MODE: Literal["http", "task", "websocket"] = "http"
+    """Which front end `nemo-stt serve` starts."""
+    MODEL: str | None = None
+    """A Hugging Face id or a path to a `.nemo` file; unset means the embedded demo model."""
+    ARCHITECTURE: Architecture | None = None
+    """Which decoder to use; unset means the one the loaded model was trained to use (RNNT for hybrids)."""
+    LANGUAGE: str | None = None
+    """Language reported in results when a request does not name one."""
+    DEVICE: str | None = None
+    """`cpu`, `cuda` or `cuda:N`; unset means cuda when available, else cpu."""
+    NUM_THREADS: int | None = Field(default=None, ge=1)
+    """Torch threads per inference worker on CPU; unset means cores / (CONCURRENCY + 1)."""
+    CUDA_VISIBLE_DEVICES: str | None = None
+    """Read by CUDA itself; held here so that it is documented and shown at start-up."""
+    CONCURRENCY: int = Field(default=0, ge=0)
+    """Parallel transcriptions minus one: CONCURRENCY=0 runs one inference worker, 1 runs two."""
+    USER_ID: int | None = Field(default=None, ge=0)
+    """When running as root, switch to this user before serving (the container default is 33)."""
+    GROUP_ID: int | None = Field(default=None, ge=0)
+    """When running as root, switch to this group before serving."""
+
+    # Voice activity detection
+    VAD: VadMethod | None = "auditok"
+    """`auditok`, `silero`, or false to disable; `true`/`1` mean auditok, `0` means false."""
+    VAD_DILATATION: float = Field(default=0.5, ge=0)
+    """Seconds added on each side of every detected speech segment."""
+    VAD_MIN_SPEECH_DURATION: float = Field(default=0.1, ge=0)
+    """Shortest speech segment kept, in seconds."""
+    VAD_MIN_SILENCE_DURATION: float = Field(default=0.1, ge=0)
+    """Shortest silence that separates two speech segments, in seconds."""
+
+    # Long files
+    LONG_FILE_THRESHOLD: float = Field(default=480, gt=0)
+    """Files longer than this (seconds) are transcribed in chunks."""
+    LONG_FILE_CHUNK_LEN: float = Field(default=240, gt=0)
+    """Length of each chunk (seconds)."""
+    LONG_FILE_CHUNK_CONTEXT_LEN: float = Field(default=10, ge=0)
+    """Context added before and after each chunk (seconds)."""
+
+    # HTTP
+    HTTP_PORT: int = Field(default=80, ge=1, le=65535)
+    """Port of the HTTP mode."""
+    MAX_UPLOAD_MB: float = Field(default=500, gt=0)
+    """Largest accepted upload to /transcribe, in MB; larger ones get 413."""
+
+    # Task mode
+    SERVICE_NAME: str = "stt"
+    """Queue consumed by the Celery worker."""
+    SERVICES_BROKER: str = Field(default="redis://localhost:6379",
+                                 validation_alias=AliasChoices("SERVICES_BROKER", "SERVICE_BROKER"))
+    """Broker URL (SERVICE_BROKER is accepted too)."""
+    BROKER_PASS: str = ""
+    """Broker password, put into the URL."""
+
+    # Streaming
+    STREAMING_PORT: int = Field(default=80, ge=1, le=65535)
+    """Port of the websocket mode."""
+    STREAMING_MIN_CHUNK_SIZE: float = Field(default=0.5, gt=0)
+    """Seconds of new audio gathered before each decode."""
+    STREAMING_BUFFER_TRIMMING_SEC: float = Field(default=8, gt=0)
+    """Targeted maximum length of the audio buffer, in seconds."""
+    STREAMING_PAUSE_FOR_FINAL: float = Field(default=1.5, gt=0)
+    """Seconds of silence after which a final is sent."""
+    STREAMING_TIMEOUT_FOR_SILENCE: float | None = Field(default=None, ge=1, le=2)
+    """If set, a packet missing for this many packet durations counts as silence."""
+    STREAMING_MAX_WORDS_IN_BUFFER: int = Field(default=4, ge=1)
+    """How many words at the end of a partial may still change."""
+    STREAMING_MAX_PARTIAL_ACTUALIZATION_PER_SECOND: float = Field(default=4, ge=0)
+    """At most this many partials per second; 0 means no limit."""
+    PUNCTUATION_MODEL: str | None = None
+    """Path to a recasepunc model to restore case and punctuation in streaming."""
+
+    @field_validator("VAD", mode="before")
+    @classmethod
+    def _vad_aliases(cls, value):
+        if isinstance(value, str):
+            lowered = value.strip().lower()
+            if lowered in ("true", "1"):
+                return "auditok"
+            if lowered in ("false", "0", "none", "no"):
+                return None
+            return lowered
+        return value
+
+    @field_validator("DEVICE")
+    @classmethod
+    def _device(cls, value):
+        if value is not None and not re.fullmatch(r"cpu|cuda(:\d+)?", value):
+            raise ValueError("allowed: cpu, cuda, cuda:N")
+        return value
+
+    @field_validator("ARCHITECTURE", "SERVICE_MODE", mode="before")
+    @classmethod
+    def _lowercase(cls, value):
+        return value.strip().lower() if isinstance(value, str) else value
+
+
+def load_settings(**overrides) -> Settings:
+    """Read the environment (and explicit overrides); raise SettingsError with one line per bad variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        lines = []
+        for problem in error.errors():
+            name = str(problem["loc"][0]) if problem["loc"] else "?"
+            allowed = problem["msg"]
+            lines.append(f"invalid {name}={problem.get('input')!r}: {allowed}")
+        raise SettingsError("\n".join(lines)) from None

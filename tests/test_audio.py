@@ -1,0 +1,87 @@
+import io
+import json
+import wave
+
+import numpy as np
+import pytest
+
+from nemo_stt.audio import AudioDecodeError, decode_audio, pcm16_to_float, resample
+
+from .conftest import FIXTURES
+
+FIXTURE_INFO = json.loads((FIXTURES / "texts.json").read_text())
+
+
+def wav_bytes(samples: np.ndarray, rate: int, channels: int = 1) -> bytes:
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as wav:
+        wav.setnchannels(channels)
+        wav.setsampwidth(2)
+        wav.setframerate(rate)
+        wav.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("name", sorted(FIXTURE_INFO))
+def test_every_fixture_format_decodes_to_mono_float32_at_the_requested_rate(name):
+    audio = decode_audio(FIXTURES / name, 16000)
+    assert audio.dtype == np.float32 and audio.ndim == 1
+    # All fixtures are 2.2 to 3.5 s of speech.
+    assert 2.2 < len(audio) / 16000 < 3.5
+    assert 0.1 < np.abs(audio).max() <= 1.1
+
+
+def test_fixtures_cover_the_formats_rates_and_layouts_that_matter():
+    suffixes = {name.rsplit(".", 1)[1] for name in FIXTURE_INFO}
+    assert {"wav", "flac", "mp3", "ogg", "m4a", "webm"} <= suffixes
+    assert any(info["channels"] == 2 for info in FIXTURE_INFO.values())
+    assert any(info["sample_rate"] == 8000 for info in FIXTURE_INFO.values())
+
+
+def test_a_tone_keeps_its_frequency_and_duration_through_resampling_and_downmix():
+    rate = 44100
+    t = np.arange(rate * 2) / rate
+    left = 0.5 * np.sin(2 * np.pi * 440 * t)
+    stereo = np.stack([left, left], axis=1).reshape(-1)
+    audio = decode_audio(wav_bytes(stereo, rate, channels=2), 16000)
+    assert abs(len(audio) - 32000) < 50
+    spectrum = np.abs(np.fft.rfft(audio))
+    assert abs(np.argmax(spectrum) * 16000 / len(audio) - 440) < 2
+    assert 0.4 < np.abs(audio).max() < 0.6  # a downmix of two equal channels keeps the level
+
+
+def test_decoding_accepts_bytes_paths_and_file_objects():
+    path = FIXTURES / "anna_bread.wav"
+    from_path = decode_audio(path, 16000)
+    from_bytes = decode_audio(path.read_bytes(), 16000)
+    with open(path, "rb") as handle:
+        from_file = decode_audio(handle, 16000)
+    np.testing.assert_array_equal(from_path, from_bytes)
+    np.testing.assert_array_equal(from_path, from_file)
+
+
+def test_zero_length_audio_is_an_empty_array_not_an_error():
+    audio = decode_audio(wav_bytes(np.zeros(0), 16000), 16000)
+    assert audio.shape == (0,) and audio.dtype == np.float32
+
+
+@pytest.mark.parametrize(("data", "reason"), [
+    (b"", "empty"),
+    (b"this is a text file, not audio\n" * 20, "not a readable audio file"),
+    (bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8)), "not a readable audio file"),
+    (b"RIFF\x24\x00\x00\x00WAVEfmt ", "not a readable audio file"),
+])
+def test_non_audio_or_corrupt_input_raises_a_clear_error(data, reason):
+    with pytest.raises(AudioDecodeError, match=reason):
+        decode_audio(data, 16000)
+
+
+def test_a_missing_file_raises_a_clear_error(tmp_path):
+    with pytest.raises(AudioDecodeError, match="no such file"):
+        decode_audio(tmp_path / "missing.wav", 16000)
+
+
+def test_pcm16_and_resample_helpers():
+    pcm = np.array([0, 16384, -32768], dtype="<i2").tobytes()
+    np.testing.assert_allclose(pcm16_to_float(pcm), [0.0, 0.5, -1.0])
+    assert len(resample(np.zeros(8000, dtype=np.float32), 8000, 16000)) == 16000

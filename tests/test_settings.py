@@ -1,0 +1,123 @@
+import subprocess
+import sys
+
+import pytest
+
+from nemo_stt.settings import Settings, SettingsError, load_settings
+
+SEED_DEFAULTS = {
+    "SERVICE_MODE": "http",
+    "MODEL": None,
+    "ARCHITECTURE": None,
+    "DEVICE": None,
+    "NUM_THREADS": None,
+    "CONCURRENCY": 0,
+    "VAD": "auditok",
+    "VAD_DILATATION": 0.5,
+    "VAD_MIN_SPEECH_DURATION": 0.1,
+    "VAD_MIN_SILENCE_DURATION": 0.1,
+    "LONG_FILE_THRESHOLD": 480,
+    "LONG_FILE_CHUNK_LEN": 240,
+    "LONG_FILE_CHUNK_CONTEXT_LEN": 10,
+    "STREAMING_PORT": 80,
+    "STREAMING_MIN_CHUNK_SIZE": 0.5,
+    "STREAMING_BUFFER_TRIMMING_SEC": 8,
+    "STREAMING_PAUSE_FOR_FINAL": 1.5,
+    "STREAMING_TIMEOUT_FOR_SILENCE": None,
+    "STREAMING_MAX_WORDS_IN_BUFFER": 4,
+    "STREAMING_MAX_PARTIAL_ACTUALIZATION_PER_SECOND": 4,
+    "PUNCTUATION_MODEL": None,
+    "HTTP_PORT": 80,
+    "BROKER_PASS": "",
+}
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch):
+    for name in Settings.model_fields:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("SERVICE_BROKER", raising=False)
+
+
+def test_defaults_are_the_seed_defaults():
+    settings = load_settings()
+    for name, value in SEED_DEFAULTS.items():
+        assert getattr(settings, name) == value, name
+
+
+def test_every_seed_variable_is_a_setting():
+    seed_names = {
+        "SERVICE_MODE", "MODEL", "ARCHITECTURE", "LANGUAGE", "DEVICE", "NUM_THREADS", "CUDA_VISIBLE_DEVICES",
+        "CONCURRENCY", "VAD", "VAD_DILATATION", "VAD_MIN_SPEECH_DURATION", "VAD_MIN_SILENCE_DURATION",
+        "LONG_FILE_THRESHOLD", "LONG_FILE_CHUNK_LEN", "LONG_FILE_CHUNK_CONTEXT_LEN", "SERVICE_NAME",
+        "SERVICES_BROKER", "BROKER_PASS", "STREAMING_PORT", "STREAMING_MIN_CHUNK_SIZE",
+        "STREAMING_BUFFER_TRIMMING_SEC", "STREAMING_PAUSE_FOR_FINAL", "STREAMING_TIMEOUT_FOR_SILENCE",
+        "STREAMING_MAX_WORDS_IN_BUFFER", "STREAMING_MAX_PARTIAL_ACTUALIZATION_PER_SECOND", "PUNCTUATION_MODEL",
+        "USER_ID", "GROUP_ID", "HTTP_PORT",
+    }
+    assert seed_names <= set(Settings.model_fields)
+    assert all(Settings.model_fields[name].description for name in seed_names)
+
+
+def test_empty_values_mean_the_default(monkeypatch):
+    for name in ("NUM_THREADS", "CONCURRENCY", "VAD", "HTTP_PORT", "STREAMING_TIMEOUT_FOR_SILENCE", "MODEL"):
+        monkeypatch.setenv(name, "")
+    settings = load_settings()
+    assert settings.NUM_THREADS is None
+    assert settings.CONCURRENCY == 0
+    assert settings.VAD == "auditok"
+    assert settings.HTTP_PORT == 80
+    assert settings.MODEL is None
+
+
+def test_values_are_read_from_the_environment(monkeypatch):
+    monkeypatch.setenv("NUM_THREADS", "3")
+    monkeypatch.setenv("ARCHITECTURE", "hybrid_bpe_ctc")
+    monkeypatch.setenv("DEVICE", "cuda:1")
+    monkeypatch.setenv("STREAMING_TIMEOUT_FOR_SILENCE", "1.8")
+    settings = load_settings()
+    assert (settings.NUM_THREADS, settings.ARCHITECTURE, settings.DEVICE) == (3, "hybrid_bpe_ctc", "cuda:1")
+    assert settings.STREAMING_TIMEOUT_FOR_SILENCE == 1.8
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ("true", "auditok"), ("1", "auditok"), ("auditok", "auditok"), ("silero", "silero"), ("SILERO", "silero"),
+    ("false", None), ("0", None),
+])
+def test_vad_accepts_the_seed_spellings(monkeypatch, raw, expected):
+    monkeypatch.setenv("VAD", raw)
+    assert expected == load_settings().VAD
+
+
+def test_service_broker_is_an_alias_of_services_broker(monkeypatch):
+    monkeypatch.setenv("SERVICE_BROKER", "amqp://guest@127.0.0.1:5672")
+    assert load_settings().SERVICES_BROKER == "amqp://guest@127.0.0.1:5672"
+    monkeypatch.setenv("SERVICES_BROKER", "redis://127.0.0.1:6379")
+    assert load_settings().SERVICES_BROKER == "redis://127.0.0.1:6379"
+
+
+@pytest.mark.parametrize(("name", "value", "hint"), [
+    ("NUM_THREADS", "abc", "integer"),
+    ("NUM_THREADS", "0", "greater than or equal to 1"),
+    ("ARCHITECTURE", "transformer", "ctc_bpe"),
+    ("DEVICE", "gpu", "cpu, cuda, cuda:N"),
+    ("VAD", "webrtc", "auditok"),
+    ("SERVICE_MODE", "grpc", "http"),
+    ("STREAMING_TIMEOUT_FOR_SILENCE", "5", "less than or equal to 2"),
+])
+def test_an_invalid_value_names_the_variable_value_and_what_is_allowed(monkeypatch, name, value, hint):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as error:
+        load_settings()
+    message = str(error.value)
+    assert len(message.splitlines()) == 1
+    assert name in message and repr(value) in message and hint in message
+
+
+def test_the_cli_stops_with_one_line_on_an_invalid_value():
+    env = {"NUM_THREADS": "many", "PATH": "/usr/bin:/bin"}
+    completed = subprocess.run([sys.executable, "-m", "nemo_stt", "serve"], env=env, capture_output=True,
+                               text=True, timeout=60)
+    assert completed.returncode == 2
+    assert completed.stderr.strip() == "invalid NUM_THREADS='many': Input should be a valid integer, unable to parse " \
+                                       "string as an integer"
