@@ -1,0 +1,46 @@
+"""Synthetic English speech from espeak-ng, at 16 kHz, for training and fixtures."""
+
+import io
+import random
+import subprocess
+import wave
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import soxr
+
+SAMPLE_RATE = 16000
+
+# espeak-ng's own (non-mbrola) English voices; the +variants change timbre and pitch range.
+VOICES = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029", "en-us-nyc")
+VARIANTS = ("", "+m1", "+m3", "+m5", "+f1", "+f2", "+f4", "+klatt")
+
+
+def speak(text: str, voice: str = "en-us", speed: int = 160, pitch: int = 50) -> np.ndarray:
+    """Speak `text` with espeak-ng; mono float32 at SAMPLE_RATE."""
+    wav_bytes = subprocess.run(
+        ["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "--stdout", text],
+        check=True, capture_output=True,
+    ).stdout
+    with wave.open(io.BytesIO(wav_bytes)) as wav:
+        rate = wav.getframerate()
+        pcm = np.frombuffer(wav.readframes(wav.getnframes()), dtype=np.int16)
+    audio = pcm.astype(np.float32) / 32768.0
+    return soxr.resample(audio, rate, SAMPLE_RATE).astype(np.float32)
+
+
+def random_voice(rng: random.Random) -> dict:
+    return {
+        "voice": rng.choice(VOICES) + rng.choice(VARIANTS),
+        "speed": rng.randint(125, 195),
+        "pitch": rng.randint(25, 75),
+    }
+
+
+def speak_corpus(sentences: list[str], seed: int, workers: int = 2) -> tuple[list[np.ndarray], list[dict]]:
+    """Speak every sentence with a random voice, speed and pitch (reproducible from `seed`)."""
+    rng = random.Random(seed)
+    styles = [random_voice(rng) for _ in sentences]
+    with ThreadPoolExecutor(workers) as pool:
+        audios = list(pool.map(lambda item: speak(item[0], **item[1]), zip(sentences, styles, strict=True)))
+    return audios, styles

@@ -1,0 +1,266 @@
+"""Train the demo model: a small causal hybrid RNNT+CTC FastConformer on espeak-ng speech.
+
+    python tools/demo_model/train.py --out src/nemo_stt/assets/demo-en-fastconformer.nemo
+
+Generates the corpus, trains a SentencePiece BPE tokenizer, synthesizes the speech,
+trains, measures held-out WER with both decoders and writes the `.nemo` plus a
+`metrics.json` beside it. `--smoke` runs the whole pipeline for a few steps.
+"""
+
+import argparse
+import json
+import logging
+import math
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jiwer
+import numpy as np
+import sentencepiece as spm
+import torch
+from omegaconf import OmegaConf
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from rnnt_loss import rnnt_loss
+from sentences import make_corpus
+from synthesize import SAMPLE_RATE, speak_corpus
+
+log = logging.getLogger("train-demo-model")
+
+
+def model_config(tokenizer_dir: str, d_model: int, n_layers: int, n_heads: int) -> dict:
+    return {
+        "sample_rate": SAMPLE_RATE,
+        "model_defaults": {"enc_hidden": d_model, "pred_hidden": 128, "joint_hidden": 128},
+        "tokenizer": {"dir": tokenizer_dir, "type": "bpe"},
+        "preprocessor": {
+            "_target_": "nemo.collections.asr.modules.AudioToMelSpectrogramPreprocessor",
+            "sample_rate": SAMPLE_RATE, "normalize": "NA", "window_size": 0.025, "window_stride": 0.01,
+            "window": "hann", "features": 80, "n_fft": 512, "frame_splicing": 1, "dither": 1e-5, "pad_to": 0,
+        },
+        "spec_augment": {
+            "_target_": "nemo.collections.asr.modules.SpectrogramAugmentation",
+            "freq_masks": 2, "time_masks": 2, "freq_width": 15, "time_width": 0.05,
+        },
+        "encoder": {
+            "_target_": "nemo.collections.asr.modules.ConformerEncoder",
+            "feat_in": 80, "feat_out": -1, "n_layers": n_layers, "d_model": d_model, "use_bias": True,
+            "subsampling": "dw_striding", "subsampling_factor": 8, "subsampling_conv_channels": d_model,
+            "causal_downsampling": True, "ff_expansion_factor": 4,
+            "self_attention_model": "rel_pos", "n_heads": n_heads,
+            # Several look-aheads (13, 6 and 1 frames of 80 ms): the first is the default.
+            "att_context_size": [[70, 13], [70, 6], [70, 1]], "att_context_style": "chunked_limited",
+            "att_context_probs": None,
+            "xscaling": True, "pos_emb_max_len": 5000, "conv_kernel_size": 9, "conv_norm_type": "layer_norm",
+            "conv_context_size": "causal",
+            "dropout": 0.1, "dropout_pre_encoder": 0.1, "dropout_emb": 0.0, "dropout_att": 0.1,
+        },
+        "decoder": {
+            "_target_": "nemo.collections.asr.modules.RNNTDecoder", "normalization_mode": None,
+            "random_state_sampling": False, "blank_as_pad": True,
+            "prednet": {"pred_hidden": 128, "pred_rnn_layers": 1, "t_max": None, "dropout": 0.1},
+        },
+        "joint": {
+            "_target_": "nemo.collections.asr.modules.RNNTJoint", "log_softmax": None, "preserve_memory": False,
+            "fuse_loss_wer": False, "fused_batch_size": 4,
+            "jointnet": {"joint_hidden": 128, "activation": "relu", "dropout": 0.1},
+        },
+        "decoding": {"strategy": "greedy_batch", "greedy": {"max_symbols": 10}},
+        "aux_ctc": {
+            "ctc_loss_weight": 0.4, "use_cer": False, "ctc_reduction": "mean_batch",
+            "decoder": {"_target_": "nemo.collections.asr.modules.ConvASRDecoder", "feat_in": None,
+                        "num_classes": -1, "vocabulary": []},
+            "decoding": {"strategy": "greedy"},
+        },
+        "loss": {"loss_name": "default"},
+        "optim": {"name": "adamw", "lr": 1e-3},
+    }
+
+
+def train_tokenizer(sentences: list[str], out_dir: Path, vocab_size: int) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text_file = out_dir / "corpus.txt"
+    text_file.write_text("\n".join(sentences) + "\n")
+    spm.SentencePieceTrainer.train(
+        input=str(text_file), model_prefix=str(out_dir / "tokenizer"), vocab_size=vocab_size,
+        model_type="bpe", character_coverage=1.0, bos_id=-1, eos_id=-1, minloglevel=2,
+    )
+    processor = spm.SentencePieceProcessor(model_file=str(out_dir / "tokenizer.model"))
+    vocab = [processor.id_to_piece(i) for i in range(processor.get_piece_size())]
+    (out_dir / "vocab.txt").write_text("\n".join(vocab) + "\n")
+
+
+def augment(audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random gain, a little noise and a random lead-in, so that the model is not tied to espeak's clean output."""
+    audio = audio * rng.uniform(0.25, 1.0)
+    if rng.random() < 0.6:
+        rms = float(np.sqrt(np.mean(audio**2)) + 1e-8)
+        snr_db = rng.uniform(15, 40)
+        audio = audio + rng.normal(0, rms / (10 ** (snr_db / 20)), size=audio.shape).astype(np.float32)
+    lead = np.zeros(int(rng.uniform(0, 0.3) * SAMPLE_RATE), dtype=np.float32)
+    tail = np.zeros(int(rng.uniform(0, 0.3) * SAMPLE_RATE), dtype=np.float32)
+    return np.concatenate([lead, audio, tail]).astype(np.float32)
+
+
+def make_batches(lengths: list[int], max_batch_seconds: float, rng: random.Random) -> list[list[int]]:
+    """Length-sorted batches capped in total padded audio, shuffled."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i] + rng.randint(0, SAMPLE_RATE // 4))
+    batches, current = [], []
+    for index in order:
+        longest = max([lengths[i] for i in current] + [lengths[index]])
+        if current and longest * (len(current) + 1) > max_batch_seconds * SAMPLE_RATE:
+            batches.append(current)
+            current = []
+        current.append(index)
+    if current:
+        batches.append(current)
+    rng.shuffle(batches)
+    return batches
+
+
+def pad(audios: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = torch.tensor([len(a) for a in audios])
+    signal = torch.zeros(len(audios), int(lengths.max()))
+    for row, audio in enumerate(audios):
+        signal[row, : len(audio)] = torch.from_numpy(audio)
+    return signal, lengths
+
+
+def training_loss(model, signal, signal_len, tokens: list[list[int]], ctc_weight: float) -> torch.Tensor:
+    encoded, encoded_len = model.forward(input_signal=signal, input_signal_length=signal_len)
+    target_len = torch.tensor([len(t) for t in tokens])
+    targets = torch.zeros(len(tokens), int(target_len.max()), dtype=torch.long)
+    for row, ids in enumerate(tokens):
+        targets[row, : len(ids)] = torch.tensor(ids)
+    blank = model.decoder.blank_idx
+    decoder_out, _, _ = model.decoder(targets=targets, target_length=target_len)
+    joint = model.joint(encoder_outputs=encoded, decoder_outputs=decoder_out).log_softmax(-1)
+    loss_rnnt = rnnt_loss(joint, targets, encoded_len, target_len, blank=blank)
+    ctc_log_probs = model.ctc_decoder(encoder_output=encoded)
+    loss_ctc = torch.nn.functional.ctc_loss(
+        ctc_log_probs.transpose(0, 1), targets, encoded_len, target_len, blank=blank,
+        reduction="mean", zero_infinity=True,
+    )
+    return (1 - ctc_weight) * loss_rnnt + ctc_weight * loss_ctc
+
+
+@torch.inference_mode()
+def evaluate(model, audios: list[np.ndarray], texts: list[str], batch_size: int = 32) -> dict:
+    model.eval()
+    rnnt_out, ctc_out = [], []
+    for start in range(0, len(audios), batch_size):
+        signal, signal_len = pad(audios[start : start + batch_size])
+        encoded, encoded_len = model.forward(input_signal=signal, input_signal_length=signal_len)
+        hyps = model.decoding.rnnt_decoder_predictions_tensor(encoder_output=encoded, encoded_lengths=encoded_len)
+        rnnt_out += [h.text for h in hyps]
+        log_probs = model.ctc_decoder(encoder_output=encoded)
+        hyps = model.ctc_decoding.ctc_decoder_predictions_tensor(log_probs, decoder_lengths=encoded_len)
+        ctc_out += [h.text for h in hyps]
+    model.train()
+    return {
+        "wer_rnnt": round(100 * jiwer.wer(texts, rnnt_out), 2),
+        "wer_ctc": round(100 * jiwer.wer(texts, ctc_out), 2),
+        "examples": list(zip(texts[:3], rnnt_out[:3], ctc_out[:3], strict=True)),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True, help="where to write the .nemo")
+    parser.add_argument("--train-utterances", type=int, default=10000)
+    parser.add_argument("--test-utterances", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--batch-seconds", type=float, default=120.0, help="padded audio per batch")
+    parser.add_argument("--lr", type=float, default=1.5e-3)
+    parser.add_argument("--warmup", type=int, default=300)
+    parser.add_argument("--d-model", type=int, default=96)
+    parser.add_argument("--layers", type=int, default=6)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--vocab-size", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--eval-every", type=int, default=500)
+    parser.add_argument("--smoke", action="store_true", help="a few steps on a handful of utterances")
+    args = parser.parse_args()
+    if args.smoke:
+        args.train_utterances, args.test_utterances, args.steps = 48, 8, 3
+        args.warmup, args.eval_every, args.batch_seconds = 1, 0, 30.0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    rng = random.Random(args.seed)
+    np_rng = np.random.default_rng(args.seed)
+
+    test_texts = make_corpus(args.test_utterances, seed=args.seed + 1000)
+    train_texts = make_corpus(args.train_utterances, seed=args.seed, exclude=set(test_texts))
+    assert not set(test_texts) & set(train_texts)
+
+    from nemo.collections.asr.models import EncDecHybridRNNTCTCBPEModel
+
+    with tempfile.TemporaryDirectory() as work:
+        tokenizer_dir = Path(work) / "tokenizer"
+        train_tokenizer(train_texts, tokenizer_dir, args.vocab_size)
+        started = time.time()
+        train_audio, _ = speak_corpus(train_texts, seed=args.seed)
+        test_audio, _ = speak_corpus(test_texts, seed=args.seed + 1000)
+        hours = sum(len(a) for a in train_audio) / SAMPLE_RATE / 3600
+        log.info("synthesized %d + %d utterances (%.2f h) in %.0f s", len(train_audio), len(test_audio), hours,
+                 time.time() - started)
+
+        cfg = OmegaConf.create(model_config(str(tokenizer_dir), args.d_model, args.layers, args.heads))
+        model = EncDecHybridRNNTCTCBPEModel(cfg=cfg)
+        n_params = sum(p.numel() for p in model.parameters())
+        log.info("model: %.2f M parameters", n_params / 1e6)
+        tokens = [model.tokenizer.text_to_ids(t) for t in train_texts]
+        ctc_weight = float(cfg.aux_ctc.ctc_loss_weight)
+
+        optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=1e-3)
+
+        def lr_at(step: int) -> float:
+            if step < args.warmup:
+                return args.lr * (step + 1) / args.warmup
+            progress = (step - args.warmup) / max(1, args.steps - args.warmup)
+            return 1e-5 + 0.5 * (args.lr - 1e-5) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+        model.train()
+        step, started = 0, time.time()
+        lengths = [len(a) for a in train_audio]
+        while step < args.steps:
+            for batch in make_batches(lengths, args.batch_seconds, rng):
+                if step >= args.steps:
+                    break
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(step)
+                signal, signal_len = pad([augment(train_audio[i], np_rng) for i in batch])
+                loss = training_loss(model, signal, signal_len, [tokens[i] for i in batch], ctc_weight)
+                optimizer.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                step += 1
+                if step % 50 == 0 or args.smoke:
+                    log.info("step %d/%d loss %.3f lr %.2e (%.0f s)", step, args.steps, loss.item(), lr_at(step),
+                             time.time() - started)
+                if args.eval_every and step % args.eval_every == 0:
+                    log.info("held-out: %s", evaluate(model, test_audio, test_texts))
+
+        metrics = evaluate(model, test_audio, test_texts)
+        metrics.update({
+            "test_utterances": len(test_texts), "train_utterances": len(train_texts),
+            "train_hours": round(hours, 2), "steps": args.steps, "parameters": n_params,
+            "train_seconds": round(time.time() - started),
+        })
+        log.info("final held-out: %s", metrics)
+        model.eval()
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        model.save_to(str(args.out))
+        args.out.with_suffix(".metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        log.info("wrote %s (%.1f MB)", args.out, args.out.stat().st_size / 1e6)
+
+
+if __name__ == "__main__":
+    main()
