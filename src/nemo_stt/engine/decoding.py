@@ -1,0 +1,77 @@
+"""Choosing the decoder (CTC or RNNT/TDT) and configuring NeMo's decoding for timestamps and confidence."""
+
+from typing import Literal
+
+from omegaconf import OmegaConf, open_dict
+
+from .model_loading import ModelLoadError
+
+DecoderKind = Literal["ctc", "rnnt"]
+ModelFamily = Literal["ctc", "rnnt", "hybrid"]
+
+# ARCHITECTURE values of LinTO-STT-NeMo -> the model families they fit and the decoder they select.
+_ARCHITECTURES: dict[str, tuple[tuple[ModelFamily, ...], DecoderKind | None]] = {
+    "ctc_bpe": (("ctc", "hybrid"), "ctc"),
+    "rnnt_bpe": (("rnnt", "hybrid"), "rnnt"),
+    "hybrid_bpe": (("hybrid",), None),
+    "hybrid_bpe_ctc": (("hybrid",), "ctc"),
+    "hybrid_bpe_rnnt": (("hybrid",), "rnnt"),
+}
+
+
+def model_family(model) -> ModelFamily:
+    from nemo.collections.asr.models import EncDecCTCModel, EncDecHybridRNNTCTCModel, EncDecRNNTModel
+
+    if isinstance(model, EncDecHybridRNNTCTCModel):
+        return "hybrid"
+    if isinstance(model, EncDecRNNTModel):
+        return "rnnt"
+    if isinstance(model, EncDecCTCModel):
+        return "ctc"
+    raise ModelLoadError(f"{type(model).__name__} is not a CTC, RNNT/TDT or hybrid ASR model")
+
+
+def select_decoder(model, architecture: str | None) -> DecoderKind:
+    """The decoder that ARCHITECTURE asks for; unset means the model's own default (RNNT for hybrids)."""
+    family = model_family(model)
+    if architecture is None:
+        return "ctc" if family == "ctc" else "rnnt"
+    families, decoder = _ARCHITECTURES[architecture]
+    if family not in families:
+        raise ModelLoadError(
+            f"ARCHITECTURE={architecture} does not fit this model, which is a {family} model "
+            f"({type(model).__name__}); use one of: {', '.join(_fitting(family))}, or leave ARCHITECTURE unset"
+        )
+    return decoder or "rnnt"
+
+
+def _fitting(family: ModelFamily) -> list[str]:
+    return [name for name, (families, _) in _ARCHITECTURES.items() if family in families]
+
+
+def configure_decoding(model, decoder: DecoderKind) -> None:
+    """Greedy batched decoding with word timestamps and NeMo's word confidence estimation."""
+    family = model_family(model)
+    base = model.cfg.aux_ctc.decoding if family == "hybrid" and decoder == "ctc" else model.cfg.decoding
+    cfg = OmegaConf.create(OmegaConf.to_container(base, resolve=True))
+    with open_dict(cfg):
+        cfg.strategy = "greedy_batch"
+        cfg.compute_timestamps = True
+        cfg.preserve_alignments = False
+        cfg.confidence_cfg = {
+            "preserve_frame_confidence": True,
+            "preserve_token_confidence": True,
+            "preserve_word_confidence": True,
+            "exclude_blank": True,
+            "aggregation": "mean",
+            "method_cfg": {"name": "max_prob"},
+        }
+        if "greedy" not in cfg or cfg.greedy is None:
+            cfg.greedy = {}
+        if decoder == "rnnt":
+            cfg.greedy.max_symbols = cfg.greedy.get("max_symbols", None) or 10
+            # TDT models carry their durations in the decoding config; keep them.
+    if family == "hybrid":
+        model.change_decoding_strategy(decoding_cfg=cfg, decoder_type=decoder, verbose=False)
+    else:
+        model.change_decoding_strategy(decoding_cfg=cfg, verbose=False)

@@ -1,0 +1,82 @@
+"""Loading a NeMo ASR model from a `.nemo` file, a Hugging Face id, or the embedded demo model."""
+
+import logging
+import os
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+DEMO_MODEL_NAME = "demo-en-fastconformer.nemo"
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be loaded or does not fit the requested architecture."""
+
+
+def demo_model_path() -> Path:
+    return Path(str(resources.files("nemo_stt") / "assets" / DEMO_MODEL_NAME))
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"DEVICE={device} but CUDA is not available on this machine")
+    return torch.device(device)
+
+
+def load_asr_model(source: str | None, device: torch.device):
+    """Restore the model in eval mode on `device`, with deterministic feature extraction.
+
+    `source` is a path to a `.nemo` file, a Hugging Face id (the HF cache is used when it holds the
+    model), or None for the embedded demo model.
+    """
+    from nemo.collections.asr.models import ASRModel
+
+    if source is None:
+        path = demo_model_path()
+        log.info("MODEL is not set: using the embedded small demo model (%s), an English model trained on "
+                 "synthetic speech for demonstration and tests; set MODEL for real transcription", path.name)
+        model = _restore(ASRModel, str(path), device, "the embedded demo model")
+    elif os.path.exists(source):
+        if not (os.path.isfile(source) and source.endswith(".nemo")):
+            raise ModelLoadError(f"MODEL={source} exists but is not a .nemo file")
+        model = _restore(ASRModel, source, device, source)
+    else:
+        if source.endswith(".nemo") or source.startswith(("/", "./", "../")):
+            raise ModelLoadError(f"MODEL={source}: no such file")
+        try:
+            model = ASRModel.from_pretrained(model_name=source, map_location=device)
+        except Exception as error:
+            raise ModelLoadError(
+                f"could not load model '{source}' from Hugging Face ({type(error).__name__}: "
+                f"{_first_line(error)}). Without network access, mount the .nemo file and set MODEL to its path, "
+                "or mount a Hugging Face cache that holds the model (HF_HOME)"
+            ) from error
+    model.eval()
+    model.to(device)
+    _make_features_deterministic(model)
+    return model
+
+
+def _restore(model_class, path: str, device: torch.device, label: str):
+    try:
+        return model_class.restore_from(restore_path=path, map_location=device)
+    except Exception as error:
+        raise ModelLoadError(f"could not load {label}: {type(error).__name__}: {_first_line(error)}") from error
+
+
+def _make_features_deterministic(model) -> None:
+    # Dither adds random noise to features at inference; NeMo's own inference wrappers turn it off too.
+    featurizer = getattr(model.preprocessor, "featurizer", None)
+    if featurizer is not None:
+        featurizer.dither = 0.0
+        featurizer.pad_to = 0
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else "no details"

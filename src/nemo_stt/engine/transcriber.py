@@ -1,0 +1,79 @@
+"""Batched inference: audio arrays in, transcripts with word timestamps and confidences out.
+
+The forward pass is run by hand (preprocessor -> encoder -> decoding) in eval mode under
+`torch.inference_mode()`: unlike `model.transcribe()`, this leaves the model untouched, needs no
+temporary files and can be called from several threads at once.
+"""
+
+import threading
+
+import numpy as np
+import torch
+
+from ..results import Transcript, Word
+from .decoding import DecoderKind
+
+
+class Transcriber:
+    def __init__(self, model, decoder: DecoderKind):
+        self.model = model
+        self.decoder = decoder
+        self.device = next(model.parameters()).device
+        self.sample_rate = int(model.cfg.preprocessor.sample_rate)
+        stride = float(model.cfg.preprocessor.window_stride)
+        # Seconds per encoder frame: timestamps from decoding are in encoder frames.
+        self.frame_seconds = stride * int(getattr(model.encoder, "subsampling_factor", 1))
+        # NeMo's decoding objects keep per-call buffers: serialise decoding, not the encoder.
+        self._decode_lock = threading.Lock()
+
+    @torch.inference_mode()
+    def transcribe_batch(self, audios: list[np.ndarray]) -> list[Transcript]:
+        """Transcribe mono float32 arrays at `sample_rate`; each result's times are seconds of its own audio."""
+        results: list[Transcript | None] = [None] * len(audios)
+        live = [i for i, audio in enumerate(audios) if audio.size > 0]
+        for i in range(len(audios)):
+            if i not in live:
+                results[i] = Transcript(text="")
+        if live:
+            signal, lengths = self._pad([audios[i] for i in live])
+            hypotheses = self._decode(signal, lengths)
+            for index, hypothesis in zip(live, hypotheses, strict=True):
+                results[index] = self._to_transcript(hypothesis, len(audios[index]) / self.sample_rate)
+        return results  # type: ignore[return-value]
+
+    def _pad(self, audios: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        lengths = torch.tensor([len(a) for a in audios], dtype=torch.long)
+        signal = torch.zeros(len(audios), int(lengths.max()), dtype=torch.float32)
+        for row, audio in enumerate(audios):
+            signal[row, : len(audio)] = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
+        return signal.to(self.device), lengths.to(self.device)
+
+    def _decode(self, signal: torch.Tensor, lengths: torch.Tensor) -> list:
+        model = self.model
+        features, feature_lengths = model.preprocessor(input_signal=signal, length=lengths)
+        encoded, encoded_lengths = model.encoder(audio_signal=features, length=feature_lengths)
+        with self._decode_lock:
+            if self.decoder == "ctc":
+                ctc_head = getattr(model, "ctc_decoder", None) or model.decoder
+                decoding = getattr(model, "ctc_decoding", None) or model.decoding
+                log_probs = ctc_head(encoder_output=encoded)
+                return decoding.ctc_decoder_predictions_tensor(
+                    log_probs, decoder_lengths=encoded_lengths, return_hypotheses=True
+                )
+            return model.decoding.rnnt_decoder_predictions_tensor(
+                encoder_output=encoded, encoded_lengths=encoded_lengths, return_hypotheses=True
+            )
+
+    def _to_transcript(self, hypothesis, duration: float) -> Transcript:
+        if isinstance(hypothesis, list):  # n-best lists: take the best
+            hypothesis = hypothesis[0]
+        text = (hypothesis.text or "").strip() if isinstance(hypothesis.text, str) else ""
+        stamps = (hypothesis.timestamp or {}).get("word", []) if isinstance(hypothesis.timestamp, dict) else []
+        confidences = list(getattr(hypothesis, "word_confidence", None) or [])
+        words = []
+        for index, stamp in enumerate(stamps):
+            start = min(duration, max(0.0, stamp["start_offset"] * self.frame_seconds))
+            end = min(duration, max(start, stamp["end_offset"] * self.frame_seconds))
+            conf = float(confidences[index]) if index < len(confidences) else 0.0
+            words.append(Word(word=stamp["word"], start=float(start), end=float(end), conf=min(1.0, max(0.0, conf))))
+        return Transcript(text=text, words=tuple(words))
