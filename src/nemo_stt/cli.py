@@ -1,0 +1,89 @@
+"""The `nemo-stt` command: `serve` starts the mode named by SERVICE_MODE, `transcribe` prints transcripts."""
+
+import argparse
+import json
+import logging
+import sys
+
+from .settings import Settings, SettingsError, load_settings
+
+
+def engine_config(settings: Settings):
+    from .engine import EngineConfig
+
+    return EngineConfig(
+        model=settings.MODEL,
+        architecture=settings.ARCHITECTURE,
+        device=settings.DEVICE,
+        num_threads=settings.NUM_THREADS,
+        workers=settings.CONCURRENCY + 1,
+        language=settings.LANGUAGE,
+    )
+
+
+def serve(settings: Settings) -> None:
+    if settings.SERVICE_MODE != "http":
+        raise SystemExit(f"SERVICE_MODE={settings.SERVICE_MODE} is not available in this version; use http")
+    import uvicorn
+
+    from .engine import Engine
+    from .http_api import create_app
+
+    engine = Engine(engine_config(settings))
+    engine.warm_up()
+    app = create_app(engine, max_upload_bytes=int(settings.MAX_UPLOAD_MB * 1e6))
+    uvicorn.run(app, host="0.0.0.0", port=settings.HTTP_PORT, log_level="info", timeout_graceful_shutdown=30)
+
+
+def transcribe_files(settings: Settings, paths: list[str], as_json: bool) -> int:
+    from . import results
+    from .audio import AudioDecodeError, decode_audio
+    from .engine import Engine
+
+    engine = Engine(engine_config(settings))
+    failures = 0
+    for path in paths:
+        try:
+            audio = decode_audio(path, engine.sample_rate)
+        except AudioDecodeError as error:
+            print(f"{path}: {error}", file=sys.stderr)
+            failures += 1
+            continue
+        transcript = engine.transcribe(audio)
+        if as_json:
+            print(json.dumps(results.to_json(transcript), ensure_ascii=False))
+        else:
+            print(transcript.text if len(paths) == 1 else f"{path}\t{transcript.text}")
+    return 1 if failures else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="nemo-stt", description="Speech-to-text server on NeMo ASR models.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="start the mode named by SERVICE_MODE (configured by environment variables)")
+    transcribe = commands.add_parser("transcribe", help="transcribe audio files and print the text")
+    transcribe.add_argument("files", nargs="+", metavar="FILE")
+    transcribe.add_argument("--json", action="store_true", help="print the JSON of POST /transcribe, one per line")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    try:
+        settings = load_settings()
+    except SettingsError as error:
+        print(error, file=sys.stderr)
+        return 2
+    from .engine import ModelLoadError
+
+    try:
+        if args.command == "serve":
+            serve(settings)
+            return 0
+        return transcribe_files(settings, args.files, args.json)
+    except ModelLoadError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""The demo model's training pipeline runs end to end (a few steps on a handful of utterances)."""
+
+import json
+import subprocess
+import sys
+
+import torch
+
+from nemo_stt.engine import Engine, EngineConfig
+
+from .conftest import REPO
+
+
+def test_the_training_script_produces_a_loadable_streaming_hybrid_model(tmp_path):
+    out = tmp_path / "demo.nemo"
+    completed = subprocess.run(
+        [sys.executable, str(REPO / "tools/demo_model/train.py"), "--smoke", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    metrics = json.loads(out.with_suffix(".metrics.json").read_text())
+    assert metrics["steps"] == 3
+    assert 0 <= metrics["wer_rnnt"] <= 100 and 0 <= metrics["wer_ctc"] <= 100
+    engine = Engine(EngineConfig(model=str(out), device="cpu", num_threads=1))
+    assert engine.family == "hybrid"
+    assert len(engine.model.encoder.att_context_size_all) == 3
+
+
+def test_the_vectorised_rnnt_loss_matches_nemos_reference():
+    sys.path.insert(0, str(REPO / "tools/demo_model"))
+    from nemo.collections.asr.losses.rnnt_pytorch import RNNTLossPytorch
+    from rnnt_loss import rnnt_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(3, 9, 5, 7, requires_grad=True)
+    targets = torch.randint(0, 6, (3, 4))
+    frames, labels = torch.tensor([9, 6, 7]), torch.tensor([4, 2, 3])
+    ours = rnnt_loss(logits.log_softmax(-1), targets, frames, labels, blank=6)
+    reference = RNNTLossPytorch(blank=6, reduction="none")(
+        acts=logits.log_softmax(-1), labels=targets, act_lens=frames, label_lens=labels).mean()
+    assert torch.allclose(ours, reference, atol=1e-4)
+    ours_grad, = torch.autograd.grad(ours, logits)
+    reference_grad, = torch.autograd.grad(reference, logits)
+    assert torch.allclose(ours_grad, reference_grad, atol=1e-5)
