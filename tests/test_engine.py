@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from nemo_stt.audio import decode_audio
-from nemo_stt.engine import Engine, EngineConfig, ModelLoadError, demo_model_path
+from nemo_stt.engine import BatchPolicy, Engine, EngineConfig, ModelLoadError, demo_model_path
 
 from . import tiny_models
 from .conftest import FIXTURES, wer
@@ -144,7 +144,7 @@ def test_batched_inference_equals_one_by_one(demo_engine, fixture_texts):
 
 
 def test_parallel_workers_give_each_caller_its_own_transcript(fixture_texts):
-    engine = Engine(EngineConfig(device="cpu", num_threads=1, workers=2))
+    engine = Engine(EngineConfig(device="cpu", num_threads=1, batching=BatchPolicy(workers=2, max_batch_items=4)))
     audios = {name: decode_audio(FIXTURES / name, 16000) for name in fixture_texts}
     expected = {name: engine.transcribe(audio).text for name, audio in audios.items()}
     futures = {(name, i): engine.submit(audios[name]) for i in range(3) for name in audios}

@@ -9,15 +9,35 @@ from .settings import Settings, SettingsError, load_settings
 
 
 def engine_config(settings: Settings):
-    from .engine import EngineConfig
+    import torch
 
+    from .engine import BatchPolicy, EngineConfig, VadConfig
+
+    on_gpu = (settings.DEVICE or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    batching = BatchPolicy(
+        workers=settings.CONCURRENCY + 1,
+        max_batch_items=settings.BATCH_MAX_SIZE or (16 if on_gpu else 1),
+        max_batch_seconds=settings.BATCH_MAX_AUDIO_SEC,
+        max_wait=settings.BATCH_MAX_WAIT_MS / 1000,
+        queue_size=settings.QUEUE_MAX_SIZE,
+    )
+    vad = VadConfig(
+        method=settings.VAD,
+        dilatation=settings.VAD_DILATATION,
+        min_speech=settings.VAD_MIN_SPEECH_DURATION,
+        min_silence=settings.VAD_MIN_SILENCE_DURATION,
+    ) if settings.VAD else None
     return EngineConfig(
         model=settings.MODEL,
         architecture=settings.ARCHITECTURE,
         device=settings.DEVICE,
         num_threads=settings.NUM_THREADS,
-        workers=settings.CONCURRENCY + 1,
+        batching=batching,
         language=settings.LANGUAGE,
+        vad=vad,
+        long_file_threshold=settings.LONG_FILE_THRESHOLD,
+        long_file_chunk=settings.LONG_FILE_CHUNK_LEN,
+        long_file_context=settings.LONG_FILE_CHUNK_CONTEXT_LEN,
     )
 
 
@@ -37,24 +57,32 @@ def serve(settings: Settings) -> None:
 
 def transcribe_files(settings: Settings, paths: list[str], as_json: bool) -> int:
     from . import results
-    from .audio import AudioDecodeError, decode_audio
+    from .audio import AudioDecodeError
     from .engine import Engine
 
     engine = Engine(engine_config(settings))
     failures = 0
     for path in paths:
         try:
-            audio = decode_audio(path, engine.sample_rate)
+            transcript = engine.transcribe_source(path, progress=_progress_bar(path) if sys.stderr.isatty() else None)
         except AudioDecodeError as error:
             print(f"{path}: {error}", file=sys.stderr)
             failures += 1
             continue
-        transcript = engine.transcribe(audio)
         if as_json:
             print(json.dumps(results.to_json(transcript), ensure_ascii=False))
         else:
             print(transcript.text if len(paths) == 1 else f"{path}\t{transcript.text}")
     return 1 if failures else 0
+
+
+def _progress_bar(label: str):
+    def show(fraction: float) -> None:
+        filled = int(fraction * 30)
+        end = "\n" if fraction >= 1 else ""
+        print(f"\r{label} [{'#' * filled}{'.' * (30 - filled)}] {fraction:4.0%}", end=end, file=sys.stderr, flush=True)
+
+    return show
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,8 +8,8 @@ from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from . import results
-from .audio import AudioDecodeError, decode_audio
-from .engine import Engine
+from .audio import AudioDecodeError
+from .engine import Engine, QueueFull
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,7 @@ def create_app(engine: Engine, max_upload_bytes: int) -> FastAPI:
             406: {"description": "the Accept header names no supported format"},
             413: {"description": "the upload is larger than MAX_UPLOAD_MB"},
             415: {"description": "the file is not decodable audio"},
+            503: {"description": "the transcription queue is full; retry after Retry-After seconds"},
         },
     )
     async def transcribe(
@@ -131,16 +132,17 @@ def create_app(engine: Engine, max_upload_bytes: int) -> FastAPI:
         language: Annotated[str | None, Form(description="language to report, overriding LANGUAGE")] = None,
     ) -> Response:
         output = negotiate(request.headers.get("accept"))
-        data = await file.read()
-        if len(data) > max_upload_bytes:
+        if file.size is not None and file.size > max_upload_bytes:
             raise HTTPException(413, f"the upload is larger than the limit of {max_upload_bytes / 1e6:g} MB")
+        if file.size == 0:
+            raise HTTPException(415, f"{file.filename or 'file'}: the file is empty")
         try:
-            audio = await asyncio.to_thread(decode_audio, data, engine.sample_rate)
+            # The upload is spooled to disk by the form parser; decoding reads it incrementally.
+            transcript = await asyncio.to_thread(engine.transcribe_source, file.file, language or None)
         except AudioDecodeError as error:
             raise HTTPException(415, f"{file.filename or 'file'}: {error}") from None
-        del data
-        try:
-            transcript = await engine.transcribe_async(audio, language or None)
+        except QueueFull as full:
+            raise HTTPException(503, str(full), headers={"Retry-After": str(int(full.retry_after + 0.5))}) from None
         except Exception:
             log.exception("transcription failed")
             raise HTTPException(500, "transcription failed; see the server log") from None

@@ -69,6 +69,16 @@ class Settings(BaseSettings):
     MAX_UPLOAD_MB: float = Field(default=500, gt=0)
     """Largest accepted upload to /transcribe, in MB; larger ones get 413."""
 
+    # Batching (every front end's requests share one queue)
+    BATCH_MAX_SIZE: int | None = Field(default=None, ge=1)
+    """Most requests in one forward; unset means 1 on CPU and 16 on GPU."""
+    BATCH_MAX_AUDIO_SEC: float = Field(default=120, gt=0)
+    """Most padded audio in one forward (longest item x items), in seconds."""
+    BATCH_MAX_WAIT_MS: float = Field(default=5, ge=0)
+    """How long an inference loop holding a request waits for others to batch with it."""
+    QUEUE_MAX_SIZE: int = Field(default=64, ge=1)
+    """Requests waiting for inference; beyond, HTTP answers 503 with Retry-After."""
+
     # Task mode
     SERVICE_NAME: str = "stt"
     """Queue consumed by the Celery worker."""

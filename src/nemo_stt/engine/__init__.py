@@ -1,6 +1,8 @@
 """Model loading and inference. Imports nothing from the front ends."""
 
+from .batcher import BatchPolicy, QueueFull
 from .engine import Engine, EngineConfig
 from .model_loading import ModelLoadError, demo_model_path
+from .vad import VadConfig
 
-__all__ = ["Engine", "EngineConfig", "ModelLoadError", "demo_model_path"]
+__all__ = ["BatchPolicy", "Engine", "EngineConfig", "ModelLoadError", "QueueFull", "VadConfig", "demo_model_path"]

@@ -1,25 +1,32 @@
-"""The engine: one loaded model, the decoder chosen for it, and the workers that run it.
+"""The engine: one loaded model, the decoder chosen for it, a batcher that runs it, VAD and long files.
 
-Front ends call `transcribe` (blocking) or `transcribe_async` (asyncio) with decoded audio and
-never touch the model. CONCURRENCY + 1 worker threads run inferences in parallel, each with
-NUM_THREADS torch threads.
+Front ends hand it audio (decoded arrays or any file FFmpeg reads) and get a `Transcript` whose
+times are seconds of the audio they gave; they never touch the model.
 """
 
 import asyncio
 import logging
 import os
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from ..results import Transcript
+from ..audio import AudioSource, AudioStream
+from ..results import Transcript, Word
+from .batcher import Batcher, BatchPolicy
 from .decoding import configure_decoding, model_family, select_decoder
+from .long_audio import iter_windows, owned_words
 from .model_loading import load_asr_model, resolve_device
 from .transcriber import Transcriber
+from .vad import SpeechDetector, VadConfig
 
 log = logging.getLogger(__name__)
+
+Progress = Callable[[float], None]
 
 
 @dataclass(frozen=True)
@@ -29,10 +36,13 @@ class EngineConfig:
     architecture: str | None = None
     device: str | None = None
     num_threads: int | None = None
-    workers: int = 1
-    """Inferences run in parallel."""
+    batching: BatchPolicy = field(default_factory=BatchPolicy)
     language: str | None = None
     """Language reported when a request names none."""
+    vad: VadConfig | None = None
+    long_file_threshold: float = 480.0
+    long_file_chunk: float = 240.0
+    long_file_context: float = 10.0
 
 
 class Engine:
@@ -40,37 +50,134 @@ class Engine:
         self.config = config
         self.device = resolve_device(config.device)
         if self.device.type == "cpu":
-            threads = config.num_threads or max(1, (os.cpu_count() or 1) // max(1, config.workers))
-            torch.set_num_threads(threads)
+            workers = config.batching.workers
+            torch.set_num_threads(config.num_threads or max(1, (os.cpu_count() or 1) // workers))
         self.model = load_asr_model(config.model, self.device)
         self.family = model_family(self.model)
         self.decoder = select_decoder(self.model, config.architecture)
         configure_decoding(self.model, self.decoder)
         self.transcriber = Transcriber(self.model, self.decoder)
         self.language = config.language or ("en" if config.model is None else None)
-        self._pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="inference")
-        log.info("model ready: %s (%s, %s decoding) on %s, %d worker(s) x %d thread(s)",
-                 config.model or "demo model", type(self.model).__name__, self.decoder, self.device,
-                 config.workers, torch.get_num_threads())
+        self.vad = SpeechDetector(config.vad, self.sample_rate) if config.vad else None
+        self.batcher = Batcher(self.transcriber.transcribe_batch, self.sample_rate, config.batching)
+        policy = config.batching
+        log.info("model ready: %s (%s, %s decoding) on %s; %d inference loop(s) x %d thread(s), batches of up to "
+                 "%d items / %g s, VAD %s", config.model or "demo model", type(self.model).__name__, self.decoder,
+                 self.device, policy.workers, torch.get_num_threads(), policy.max_batch_items,
+                 policy.max_batch_seconds, config.vad.method if config.vad else "off")
 
     @property
     def sample_rate(self) -> int:
         return self.transcriber.sample_rate
 
-    def transcribe(self, audio: np.ndarray, language: str | None = None) -> Transcript:
-        """Transcribe mono float32 audio at `sample_rate` in the calling thread."""
-        result = self.transcriber.transcribe_batch([audio])[0]
-        return result.with_language(language or self.language)
+    # Audio already decoded -------------------------------------------------------------------------------
 
-    def submit(self, audio: np.ndarray, language: str | None = None) -> Future:
-        return self._pool.submit(self.transcribe, audio, language)
+    def transcribe(self, audio: np.ndarray, language: str | None = None) -> Transcript:
+        """Transcribe mono float32 audio at `sample_rate` (VAD applied), blocking the calling thread."""
+        return self._collect(self._submit_piece(audio, 0.0, block=False), language)
 
     async def transcribe_async(self, audio: np.ndarray, language: str | None = None) -> Transcript:
-        return await asyncio.wrap_future(self.submit(audio, language))
+        return await asyncio.to_thread(self.transcribe, audio, language)
+
+    def submit_raw(self, audio: np.ndarray) -> Future:
+        """One forward of `audio` through the batcher, without VAD (raises QueueFull when full)."""
+        return self.batcher.submit(audio)
+
+    # Files --------------------------------------------------------------------------------------------
+
+    def transcribe_source(self, source: AudioSource, language: str | None = None,
+                          progress: Progress | None = None) -> Transcript:
+        """Decode and transcribe a file, in windows when it is longer than the long-file threshold.
+
+        The audio is decoded incrementally: a long file never sits in memory whole, and at most two
+        windows are in flight at once. Raises AudioDecodeError for input that is not audio.
+        """
+        with AudioStream(source, self.sample_rate) as stream:
+            blocks = iter(stream)
+            head, head_samples = [], 0
+            threshold = int(self.config.long_file_threshold * self.sample_rate)
+            for block in blocks:
+                head.append(block)
+                head_samples += len(block)
+                if head_samples > threshold:
+                    break
+            else:
+                audio = np.concatenate(head) if head else np.zeros(0, dtype=np.float32)
+                transcript = self.transcribe(audio, language)
+                if progress:
+                    progress(1.0)
+                return transcript
+            return self._transcribe_windows(_chain(head, blocks), stream.duration, language, progress)
+
+    def _transcribe_windows(self, blocks, duration: float | None, language: str | None,
+                            progress: Progress | None) -> Transcript:
+        windows = iter_windows(blocks, self.sample_rate, self.config.long_file_chunk, self.config.long_file_context)
+        in_flight: deque = deque()
+        words: list[Word] = []
+        first = True
+
+        def finish_oldest() -> None:
+            window, pieces = in_flight.popleft()
+            transcript = self._collect(pieces, None)
+            words.extend(owned_words(window, transcript.words))
+            if progress:
+                done = window.core_end if window.core_end != float("inf") else (duration or window.core_end)
+                progress(min(1.0, done / duration) if duration else 0.0)
+
+        try:
+            for window in windows:
+                # Only the first submission may be refused for a full queue; the file is accepted after that.
+                in_flight.append((window, self._submit_piece(window.audio, 0.0, block=not first)))
+                first = False
+                if len(in_flight) >= 2:
+                    finish_oldest()
+            while in_flight:
+                finish_oldest()
+        finally:
+            for _, pieces in in_flight:
+                for _, future in pieces:
+                    future.cancel()
+        if progress:
+            progress(1.0)
+        text = " ".join(word.word for word in words)
+        return Transcript(text=text, words=tuple(words), language=language or self.language)
+
+    # Pieces: the parts of one audio that go to the batcher (the VAD's speech segments, or all of it) ----
+
+    def _submit_piece(self, audio: np.ndarray, offset: float, block: bool) -> list[tuple[float, Future]]:
+        if self.vad is None:
+            spans = [(0.0, len(audio) / self.sample_rate)] if len(audio) else []
+        else:
+            spans = self.vad.segments(audio)
+        pieces = []
+        for start, end in spans:
+            segment = audio[int(start * self.sample_rate):int(end * self.sample_rate)]
+            pieces.append((offset + start, self.batcher.submit(segment, block=block)))
+            block = True  # the rest of an accepted request waits for room rather than failing
+        return pieces
+
+    def _collect(self, pieces: list[tuple[float, Future]], language: str | None) -> Transcript:
+        words: list[Word] = []
+        texts = []
+        try:
+            for offset, future in pieces:
+                transcript = future.result()
+                texts.append(transcript.text)
+                words.extend(Word(w.word, w.start + offset, w.end + offset, w.conf) for w in transcript.words)
+        finally:
+            for _, future in pieces:
+                future.cancel()
+        text = " ".join(t for t in texts if t)
+        return Transcript(text=text, words=tuple(words), language=language or self.language)
 
     def warm_up(self) -> None:
         """One short inference, so that the first request does not pay for lazy initialisation."""
-        self.transcribe(np.zeros(self.sample_rate, dtype=np.float32))
+        self.transcriber.transcribe_batch([np.zeros(self.sample_rate, dtype=np.float32)])
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self.batcher.close()
+
+
+def _chain(head: list[np.ndarray], rest):
+    yield from head
+    yield from rest

@@ -1,0 +1,159 @@
+"""Dynamic batching of transcription requests from every front end.
+
+Contract:
+- `submit(audio)` puts a request into one bounded queue and returns a `concurrent.futures.Future`
+  at once; when the queue is full it raises `QueueFull` instead (or, with `block=True`, waits for room:
+  used for the later parts of a request already accepted, such as the windows of a long file).
+- `workers` inference loops each take the oldest waiting request, add the waiting requests closest
+  to it in length (to limit padding) until `max_batch_items` or `max_batch_seconds` of padded audio,
+  waiting at most `max_wait` for more to arrive, run one forward and resolve each caller's future.
+- A batch whose forward fails is retried one request at a time, so that a bad request fails alone.
+"""
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class QueueFull(RuntimeError):
+    """The batcher's queue is full; the caller should retry later."""
+
+    def __init__(self, retry_after: float):
+        super().__init__(f"the transcription queue is full; retry in {retry_after:.0f} s")
+        self.retry_after = retry_after
+
+
+@dataclass(slots=True)
+class _Request:
+    audio: np.ndarray
+    future: Future
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    workers: int = 1
+    """Inference loops running in parallel (each with its own torch threads on CPU)."""
+    max_batch_items: int = 1
+    max_batch_seconds: float = 60.0
+    """Padded audio per batch: longest item x items."""
+    max_wait: float = 0.005
+    """Seconds a loop waits for more requests once it holds one."""
+    queue_size: int = 64
+
+
+class Batcher:
+    def __init__(self, run_batch: Callable[[list[np.ndarray]], Sequence], sample_rate: int, policy: BatchPolicy):
+        self._run_batch = run_batch
+        self._rate = sample_rate
+        self.policy = policy
+        self._pending: list[_Request] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        self._seconds_per_audio_second = 0.05  # running estimate, for Retry-After
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"inference-{i}", daemon=True) for i in range(policy.workers)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, audio: np.ndarray, block: bool = False) -> Future:
+        """Queue `audio`; when the queue is full, raise QueueFull, or with `block` wait for room."""
+        future: Future = Future()
+        with self._cond:
+            while True:
+                if self._closed:
+                    raise RuntimeError("the engine is shut down")
+                if len(self._pending) < self.policy.queue_size:
+                    break
+                if not block:
+                    raise QueueFull(self._retry_after())
+                self._cond.wait()
+            self._pending.append(_Request(audio, future))
+            self._cond.notify_all()
+        return future
+
+    @property
+    def queued(self) -> int:
+        with self._cond:
+            return len(self._pending)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            for request in self._pending:
+                request.future.cancel()
+            self._pending.clear()
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join(timeout=60)
+
+    def _retry_after(self) -> float:
+        waiting = sum(len(r.audio) for r in self._pending) / self._rate
+        return max(1.0, waiting * self._seconds_per_audio_second / max(1, self.policy.workers))
+
+    def _take_batch(self) -> list[_Request] | None:
+        with self._cond:
+            while not self._pending and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                return None
+            first = self._pending.pop(0)
+            batch = [first]
+            deadline = time.monotonic() + self.policy.max_wait
+            while len(batch) < self.policy.max_batch_items:
+                if not self._pending:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or not self._cond.wait(remaining) or not self._pending:
+                        break
+                candidate = self._closest(first, batch)
+                if candidate is None:
+                    break
+                batch.append(candidate)
+            self._cond.notify_all()  # room in the queue for blocked submitters
+            return batch
+
+    def _closest(self, first: _Request, batch: list[_Request]) -> _Request | None:
+        """The waiting request nearest in length to `first` that keeps the batch within its padded-audio cap."""
+        target = len(first.audio)
+        best_index = min(range(len(self._pending)), key=lambda i: abs(len(self._pending[i].audio) - target))
+        candidate = self._pending[best_index]
+        longest = max(len(candidate.audio), *(len(r.audio) for r in batch))
+        if longest * (len(batch) + 1) > self.policy.max_batch_seconds * self._rate:
+            return None
+        return self._pending.pop(best_index)
+
+    def _loop(self) -> None:
+        while True:
+            batch = self._take_batch()
+            if batch is None:
+                return
+            live = [r for r in batch if r.future.set_running_or_notify_cancel()]
+            if live:
+                self._run(live)
+
+    def _run(self, batch: list[_Request]) -> None:
+        started = time.monotonic()
+        try:
+            outputs = self._run_batch([r.audio for r in batch])
+        except Exception as error:
+            if len(batch) == 1:
+                batch[0].future.set_exception(error)
+                return
+            log.warning("a batch of %d failed (%s); retrying one by one", len(batch), error)
+            for request in batch:
+                self._run([request])
+            return
+        audio_seconds = sum(len(r.audio) for r in batch) / self._rate
+        if audio_seconds > 0:
+            observed = (time.monotonic() - started) / audio_seconds
+            self._seconds_per_audio_second = 0.8 * self._seconds_per_audio_second + 0.2 * observed
+        for request, output in zip(batch, outputs, strict=True):
+            request.future.set_result(output)

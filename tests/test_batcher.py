@@ -1,0 +1,133 @@
+"""The batcher's scheduling contract, with a stand-in forward function so that timing is controlled."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from nemo_stt.engine.batcher import Batcher, BatchPolicy, QueueFull
+
+RATE = 100
+
+
+class RecordingForward:
+    """Returns each item's sum; fails a batch that holds a NaN item; can be held to let a queue fill."""
+
+    def __init__(self, delay: float = 0.0):
+        self.delay = delay
+        self.batches: list[list[int]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def __call__(self, audios):
+        self.gate.wait(10)
+        self.batches.append([len(a) for a in audios])
+        time.sleep(self.delay)
+        if any(np.isnan(a).any() for a in audios):
+            raise ValueError("bad item")
+        return [float(a.sum()) for a in audios]
+
+
+def item(value: float, seconds: float = 1.0) -> np.ndarray:
+    return np.full(int(seconds * RATE), value / (seconds * RATE), dtype=np.float32)
+
+
+def test_each_caller_gets_its_own_result_under_concurrency():
+    forward = RecordingForward(delay=0.002)
+    batcher = Batcher(forward, RATE, BatchPolicy(workers=2, max_batch_items=8, max_wait=0.002, queue_size=500))
+    futures = {}
+
+    def client(start):
+        for value in range(start, start + 25):
+            futures[value] = batcher.submit(item(value, seconds=1 + value % 3))
+
+    threads = [threading.Thread(target=client, args=(i * 25,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert {v: round(f.result(5)) for v, f in futures.items()} == {v: v for v in range(200)}
+    assert max(len(b) for b in forward.batches) > 1
+    batcher.close()
+
+
+def test_a_batch_takes_the_waiting_requests_up_to_the_item_limit():
+    forward = RecordingForward()
+    forward.gate.clear()
+    batcher = Batcher(forward, RATE, BatchPolicy(workers=1, max_batch_items=4, max_wait=0.0, queue_size=100))
+    futures = [batcher.submit(item(v)) for v in range(9)]
+    time.sleep(0.05)
+    forward.gate.set()
+    assert [round(f.result(5)) for f in futures] == list(range(9))
+    sizes = [len(b) for b in forward.batches]
+    assert sum(sizes) == 9 and max(sizes) == 4 and len(sizes) == 3
+    batcher.close()
+
+
+def test_the_padded_audio_cap_and_length_bucketing():
+    forward = RecordingForward()
+    forward.gate.clear()
+    batcher = Batcher(forward, RATE, BatchPolicy(workers=1, max_batch_items=10, max_batch_seconds=12, max_wait=0.0))
+    futures = [batcher.submit(item(1, 1.0))]
+    time.sleep(0.05)  # taken by the loop, which is held
+    futures += [batcher.submit(item(1, seconds)) for seconds in (10, 1, 10, 1, 1)]
+    forward.gate.set()
+    for future in futures:
+        future.result(5)
+    # The first batch is the request already taken; then short ones go together and long ones alone.
+    assert forward.batches[0] == [100]
+    assert sorted(map(sorted, forward.batches[1:])) == [[100, 100, 100], [1000], [1000]]
+    batcher.close()
+
+
+def test_a_failing_request_fails_alone():
+    forward = RecordingForward()
+    forward.gate.clear()
+    batcher = Batcher(forward, RATE, BatchPolicy(workers=1, max_batch_items=8, max_wait=0.0))
+    good = [batcher.submit(item(v)) for v in range(3)]
+    bad = batcher.submit(np.full(RATE, np.nan, dtype=np.float32))
+    more = [batcher.submit(item(v)) for v in range(3, 6)]
+    forward.gate.set()
+    assert [round(f.result(5)) for f in good + more] == list(range(6))
+    with pytest.raises(ValueError, match="bad item"):
+        bad.result(5)
+    batcher.close()
+
+
+def test_a_full_queue_refuses_with_a_retry_delay_and_blocking_submissions_wait():
+    forward = RecordingForward()
+    forward.gate.clear()
+    batcher = Batcher(forward, RATE, BatchPolicy(workers=1, max_batch_items=1, max_wait=0.0, queue_size=2))
+    accepted = [batcher.submit(item(0))]
+    time.sleep(0.05)  # taken by the loop, which is held
+    accepted += [batcher.submit(item(v)) for v in (1, 2)]
+    with pytest.raises(QueueFull) as full:
+        batcher.submit(item(9))
+    assert full.value.retry_after >= 1
+    blocked = []
+    waiter = threading.Thread(target=lambda: blocked.append(batcher.submit(item(7), block=True)))
+    waiter.start()
+    time.sleep(0.05)
+    assert not blocked
+    forward.gate.set()
+    waiter.join(5)
+    assert round(blocked[0].result(5)) == 7
+    assert [round(f.result(5)) for f in accepted] == [0, 1, 2]
+    batcher.close()
+
+
+def test_close_cancels_what_is_still_waiting():
+    forward = RecordingForward()
+    forward.gate.clear()
+    batcher = Batcher(forward, RATE, BatchPolicy(workers=1, max_batch_items=1, max_wait=0.0))
+    running = batcher.submit(item(1))
+    time.sleep(0.05)
+    waiting = batcher.submit(item(2))
+    closer = threading.Thread(target=batcher.close)
+    closer.start()
+    time.sleep(0.05)
+    forward.gate.set()
+    closer.join(5)
+    assert waiting.cancelled()
+    assert round(running.result(5)) == 1
