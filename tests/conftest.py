@@ -79,6 +79,7 @@ class ServerProcess:
 
 @pytest.fixture(scope="session")
 def http_server():
-    server = ServerProcess({"MAX_UPLOAD_MB": "2", "CONCURRENCY": "1", "NUM_THREADS": "1"})
+    # Without VAD the service sees exactly the audio the raw model is given in the comparison tests.
+    server = ServerProcess({"MAX_UPLOAD_MB": "2", "CONCURRENCY": "1", "NUM_THREADS": "1", "VAD": "false"})
     yield server
     server.stop()

@@ -151,3 +151,24 @@ def test_parallel_workers_give_each_caller_its_own_transcript(fixture_texts):
     assert {key: future.result().text for key, future in futures.items()} == {
         (name, i): expected[name] for i in range(3) for name in audios}
     engine.close()
+
+
+def test_full_context_models_switch_to_local_attention_when_inputs_can_be_long(tiny_model_paths):
+    path = tiny_model_paths["hybrid"]
+
+    def engine(**config) -> Engine:
+        return Engine(EngineConfig(model=path, device="cpu", num_threads=1, **config))
+
+    full = engine(local_attention="off")
+    assert full.encoder_attention() == "rel_pos"
+    assert engine(local_attention="auto").encoder_attention() == "rel_pos_local_attn"  # 480 s inputs by default
+    short_inputs = engine(local_attention="auto", long_file_threshold=30, long_file_chunk=20, long_file_context=5)
+    assert short_inputs.encoder_attention() == "rel_pos"
+    local = engine(local_attention="on")
+    assert local.encoder_attention() == "rel_pos_local_attn"
+    # Within 128 frames of context on each side, local attention changes nothing.
+    assert local.transcribe(SILENT_NOISE).text == full.transcribe(SILENT_NOISE).text
+
+
+def test_limited_context_models_keep_their_attention(demo_engine):
+    assert demo_engine.encoder_attention() == "rel_pos" and not demo_engine.local_attention

@@ -38,12 +38,18 @@ def engine_config(settings: Settings):
         long_file_threshold=settings.LONG_FILE_THRESHOLD,
         long_file_chunk=settings.LONG_FILE_CHUNK_LEN,
         long_file_context=settings.LONG_FILE_CHUNK_CONTEXT_LEN,
+        local_attention=settings.LONG_FILE_LOCAL_ATTENTION,
     )
 
 
 def serve(settings: Settings) -> None:
+    if settings.SERVICE_MODE == "task":
+        from .task_worker import run_worker
+
+        run_worker(settings)
+        return
     if settings.SERVICE_MODE != "http":
-        raise SystemExit(f"SERVICE_MODE={settings.SERVICE_MODE} is not available in this version; use http")
+        raise SystemExit(f"SERVICE_MODE={settings.SERVICE_MODE} is not available in this version; use http or task")
     import uvicorn
 
     from .engine import Engine

@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     LONG_FILE_CHUNK_CONTEXT_LEN: float = Field(default=10, ge=0)
     """Context added before and after each chunk (seconds)."""
 
+    LONG_FILE_LOCAL_ATTENTION: Literal["auto", "on", "off"] = "auto"
+    """Local attention for full-context models: `auto` switches it on when inputs can exceed 60 s."""
+
     # HTTP
     HTTP_PORT: int = Field(default=80, ge=1, le=65535)
     """Port of the HTTP mode."""
@@ -87,6 +90,12 @@ class Settings(BaseSettings):
     """Broker URL (SERVICE_BROKER is accepted too)."""
     BROKER_PASS: str = ""
     """Broker password, put into the URL."""
+    SHARED_FOLDER: str = "/opt/audio"
+    """Folder holding the audio files that tasks name; nothing outside it is read."""
+    RESULT_BACKEND: str | None = None
+    """Celery result backend; unset means db 1 of a Redis broker, or rpc:// with RabbitMQ."""
+    TASK_VISIBILITY_TIMEOUT: float = Field(default=3600, gt=0)
+    """Redis broker: seconds before a task taken by a worker that died is given to another one."""
 
     # Streaming
     STREAMING_PORT: int = Field(default=80, ge=1, le=65535)

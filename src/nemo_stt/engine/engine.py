@@ -20,13 +20,17 @@ from ..results import Transcript, Word
 from .batcher import Batcher, BatchPolicy
 from .decoding import configure_decoding, model_family, select_decoder
 from .long_audio import iter_windows, owned_words
-from .model_loading import load_asr_model, resolve_device
+from .model_loading import has_full_context, load_asr_model, resolve_device, use_local_attention
 from .transcriber import Transcriber
 from .vad import SpeechDetector, VadConfig
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[float], None]
+
+# Input length (s) above which local attention is cheaper than full attention for full-context
+# models, measured by benchmarks/attention.py.
+LOCAL_ATTENTION_ABOVE = 60.0
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,9 @@ class EngineConfig:
     long_file_threshold: float = 480.0
     long_file_chunk: float = 240.0
     long_file_context: float = 10.0
+    local_attention: str = "auto"
+    """"on", "off", or "auto": full-context models use local attention when inputs can be longer than
+    LOCAL_ATTENTION_ABOVE seconds (whole files up to the long-file threshold, or long-file windows)."""
 
 
 class Engine:
@@ -54,6 +61,9 @@ class Engine:
             torch.set_num_threads(config.num_threads or max(1, (os.cpu_count() or 1) // workers))
         self.model = load_asr_model(config.model, self.device)
         self.family = model_family(self.model)
+        self.local_attention = self._wants_local_attention()
+        if self.local_attention:
+            use_local_attention(self.model)
         self.decoder = select_decoder(self.model, config.architecture)
         configure_decoding(self.model, self.decoder)
         self.transcriber = Transcriber(self.model, self.decoder)
@@ -62,9 +72,22 @@ class Engine:
         self.batcher = Batcher(self.transcriber.transcribe_batch, self.sample_rate, config.batching)
         policy = config.batching
         log.info("model ready: %s (%s, %s decoding) on %s; %d inference loop(s) x %d thread(s), batches of up to "
-                 "%d items / %g s, VAD %s", config.model or "demo model", type(self.model).__name__, self.decoder,
-                 self.device, policy.workers, torch.get_num_threads(), policy.max_batch_items,
-                 policy.max_batch_seconds, config.vad.method if config.vad else "off")
+                 "%d items / %g s, VAD %s, %s attention", config.model or "demo model", type(self.model).__name__,
+                 self.decoder, self.device, policy.workers, torch.get_num_threads(), policy.max_batch_items,
+                 policy.max_batch_seconds, config.vad.method if config.vad else "off",
+                 "local" if self.local_attention else "model's own")
+
+    def _wants_local_attention(self) -> bool:
+        if self.config.local_attention == "off" or not has_full_context(self.model):
+            return False
+        if self.config.local_attention == "on":
+            return True
+        longest_input = max(self.config.long_file_threshold,
+                            self.config.long_file_chunk + 2 * self.config.long_file_context)
+        return longest_input > LOCAL_ATTENTION_ABOVE
+
+    def encoder_attention(self) -> str:
+        return str(self.model.encoder.self_attention_model)
 
     @property
     def sample_rate(self) -> int:

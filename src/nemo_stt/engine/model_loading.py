@@ -62,6 +62,32 @@ def load_asr_model(source: str | None, device: torch.device):
     return model
 
 
+def has_full_context(model) -> bool:
+    """Whether the encoder attends over the whole input (offline models) rather than a limited context."""
+    context = getattr(model.encoder, "att_context_size", None)
+    return context is not None and list(context)[:2] == [-1, -1]
+
+
+def use_local_attention(model, frames_each_side: int = 128) -> None:
+    """Switch a full-context encoder to local attention: cost linear in the input's length.
+
+    With 128 frames (10 s at 80 ms) on each side, inputs up to about 10 s are transcribed exactly as
+    with full attention; longer ones see 20 s of context around each frame.
+    """
+    from omegaconf import open_dict
+
+    # NeMo rebuilds the attention layers from the encoder's config; older or minimal configs may lack
+    # the keys it reads (their values only matter in training).
+    with open_dict(model.encoder._cfg):
+        for key, default in (("dropout", 0.0), ("dropout_emb", 0.0), ("dropout_att", 0.0), ("pos_emb_max_len", 5000)):
+            if model.encoder._cfg.get(key) is None:
+                model.encoder._cfg[key] = default
+    model.encoder.change_attention_model("rel_pos_local_attn", [frames_each_side, frames_each_side])
+    if hasattr(model.encoder, "change_subsampling_conv_chunking_factor"):
+        # The convolutional subsampling then processes long inputs in pieces instead of one large tensor.
+        model.encoder.change_subsampling_conv_chunking_factor(1)
+
+
 def _restore(model_class, path: str, device: torch.device, label: str):
     try:
         return model_class.restore_from(restore_path=path, map_location=device)

@@ -1,0 +1,178 @@
+"""HTTP throughput with and without batching, against the raw model's best throughput on the same files.
+
+    python benchmarks/throughput.py                          # demo model
+    python benchmarks/throughput.py --model build/bench-medium.nemo
+
+In one run: the raw model (preprocessor, encoder and decoding called directly, in a process of its
+own) on the files at several batch sizes and thread layouts, keeping the best as the ceiling; then
+`nemo-stt serve` under 16 concurrent clients sending 3 to 6-s files, with batching off and on.
+Prints audio seconds per second, p50/p95 latency, and each service figure as a ratio of the ceiling.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tools" / "demo_model"))
+sys.path.insert(0, str(REPO / "tests"))
+
+
+def make_files(directory: Path, count: int, seed: int = 5) -> list[Path]:
+    """3 to 6-s WAV files of synthetic speech."""
+    import random
+    import wave
+
+    from sentences import make_corpus
+    from synthesize import random_voice, speak
+
+    rng = random.Random(seed)
+    sentences = iter(make_corpus(count * 4, seed=seed + 99))
+    paths = []
+    while len(paths) < count:
+        audio = np.zeros(0, dtype=np.float32)
+        style = random_voice(rng)
+        while len(audio) < 3 * 16000:
+            audio = np.concatenate([audio, speak(next(sentences), **style), np.zeros(3200, np.float32)])
+        if len(audio) > 6 * 16000:
+            continue
+        path = directory / f"utt{len(paths):02d}.wav"
+        with wave.open(str(path), "wb") as wav:
+            wav.setnchannels(1)
+            wav.setsampwidth(2)
+            wav.setframerate(16000)
+            wav.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
+        paths.append(path)
+    return paths
+
+
+def raw_ceiling(model: str | None, paths: list[Path]) -> dict:
+    """Best audio-s/s of the bare forward over several layouts (run in a fresh process per layout)."""
+    results = {}
+    for threads, workers, batch in [(2, 1, 1), (2, 1, 4), (2, 1, 8), (1, 2, 1), (1, 2, 4)]:
+        command = [sys.executable, __file__, "--raw-worker", json.dumps(
+            {"model": model, "threads": threads, "workers": workers, "batch": batch, "files": [str(p) for p in paths]}
+        )]
+        output = subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        results[f"{workers} x {threads} threads, batch {batch}"] = float(output)
+    return results
+
+
+def raw_worker(spec: dict) -> None:
+    import torch
+
+    from nemo_stt.audio import decode_audio
+    from nemo_stt.engine.decoding import configure_decoding, select_decoder
+    from nemo_stt.engine.model_loading import load_asr_model
+    from nemo_stt.engine.transcriber import Transcriber
+
+    torch.set_num_threads(spec["threads"])
+    model = load_asr_model(spec["model"], torch.device("cpu"))
+    decoder = select_decoder(model, None)
+    configure_decoding(model, decoder)
+    transcriber = Transcriber(model, decoder)
+    audios = sorted((decode_audio(path, 16000) for path in spec["files"]), key=len)
+    batch = spec["batch"]
+    groups = [audios[i:i + batch] for i in range(0, len(audios), batch)]
+    transcriber.transcribe_batch(groups[0])  # warm-up
+    shares = [groups[i::spec["workers"]] for i in range(spec["workers"])]
+    repeats = 3
+    started = time.perf_counter()
+    with ThreadPoolExecutor(spec["workers"]) as pool:
+        list(pool.map(lambda share: [transcriber.transcribe_batch(g) for _ in range(repeats) for g in share], shares))
+    elapsed = time.perf_counter() - started
+    print(repeats * sum(len(a) for a in audios) / 16000 / elapsed)
+
+
+def run_service(model: str | None, paths: list[Path], env: dict, clients: int, rounds: int) -> dict:
+    import httpx
+    from conftest import ServerProcess
+
+    full_env = {"VAD": "false", **env}
+    if model:
+        full_env["MODEL"] = model
+    server = ServerProcess(full_env)
+    payloads = [(p.name, p.read_bytes()) for p in paths]
+    durations = {p.name: (len(p.read_bytes()) - 44) / 32000 for p in paths}
+    latencies, lock = [], threading.Lock()
+
+    def client(index: int) -> float:
+        audio = 0.0
+        with httpx.Client(timeout=300) as http:
+            for round_index in range(rounds):
+                name, data = payloads[(index + round_index * clients) % len(payloads)]
+                started = time.perf_counter()
+                response = http.post(f"{server.url}/transcribe", files={"file": (name, data)})
+                response.raise_for_status()
+                with lock:
+                    latencies.append(time.perf_counter() - started)
+                audio += durations[name]
+        return audio
+
+    try:
+        client(0)  # warm-up
+        latencies.clear()
+        started = time.perf_counter()
+        with ThreadPoolExecutor(clients) as pool:
+            audio = sum(pool.map(client, range(clients)))
+        elapsed = time.perf_counter() - started
+    finally:
+        server.stop()
+    latencies.sort()
+    return {
+        "audio_s_per_s": audio / elapsed,
+        "p50": statistics.median(latencies),
+        "p95": latencies[int(0.95 * (len(latencies) - 1))],
+        "requests": len(latencies),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help=".nemo path (default: the demo model)")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=4, help="requests per client")
+    parser.add_argument("--raw-worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.raw_worker:
+        raw_worker(json.loads(args.raw_worker))
+        return
+
+    with tempfile.TemporaryDirectory() as work:
+        paths = make_files(Path(work), 24)
+        total = sum((len(p.read_bytes()) - 44) / 32000 for p in paths)
+        print(f"model: {args.model or 'demo'}; {len(paths)} files, {total:.0f} s of audio; {os.cpu_count()} cores")
+        ceiling = raw_ceiling(args.model, paths)
+        for layout, value in ceiling.items():
+            print(f"raw model, {layout}: {value:7.1f} audio-s/s")
+        best = max(ceiling.values())
+        print(f"ceiling (best raw layout): {best:.1f} audio-s/s")
+        configs = {
+            "batching off (1 loop x 2 threads, batch 1)": {"CONCURRENCY": "0", "NUM_THREADS": "2",
+                                                          "BATCH_MAX_SIZE": "1"},
+            "batching off (2 loops x 1 thread, batch 1)": {"CONCURRENCY": "1", "NUM_THREADS": "1",
+                                                          "BATCH_MAX_SIZE": "1"},
+            "batching on (1 loop x 2 threads, batch <= 8)": {"CONCURRENCY": "0", "NUM_THREADS": "2",
+                                                            "BATCH_MAX_SIZE": "8", "BATCH_MAX_WAIT_MS": "10"},
+            "batching on (2 loops x 1 thread, batch <= 8)": {"CONCURRENCY": "1", "NUM_THREADS": "1",
+                                                            "BATCH_MAX_SIZE": "8", "BATCH_MAX_WAIT_MS": "10"},
+        }
+        for label, env in configs.items():
+            figures = run_service(args.model, paths, env, args.clients, args.rounds)
+            print(f"service, {label}: {figures['audio_s_per_s']:7.1f} audio-s/s "
+                  f"({figures['audio_s_per_s'] / best:.2f} x ceiling), p50 {figures['p50']:.2f} s, "
+                  f"p95 {figures['p95']:.2f} s, {figures['requests']} requests")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""Task mode: a Celery worker serving `transcribe_task` on the queue SERVICE_NAME, as LinTO's services expect.
+
+Clients (linto-transcription-service) call
+`send_task("transcribe_task", queue=SERVICE_NAME, args=[file_path, with_metadata, language])` and read
+the result with `AsyncResult.get()`. The audio is read from the shared folder; nothing else is.
+
+Reliability: tasks are acknowledged after they finish (`acks_late`) and given back to the broker
+when the worker dies (`reject_on_worker_lost`), with a prefetch of one, so that a killed worker
+loses nothing; SIGTERM lets the running tasks finish first (Celery's warm shutdown).
+"""
+
+import logging
+import os
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from celery import Celery
+
+from . import results
+from .audio import AudioDecodeError
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+TASK_NAME = "transcribe_task"
+
+
+class TaskInputError(ValueError):
+    """The task's arguments cannot be served (a path outside the shared folder, a missing file...)."""
+
+
+def broker_urls(settings: Settings) -> tuple[str, str]:
+    """Broker and result backend URLs: BROKER_PASS goes into the URL; Redis keeps results on db 1."""
+    parts = urlsplit(settings.SERVICES_BROKER)
+    netloc = parts.netloc
+    if settings.BROKER_PASS and "@" not in netloc:
+        user = "guest" if parts.scheme.startswith("amqp") else ""
+        netloc = f"{user}:{quote(settings.BROKER_PASS, safe='')}@{netloc}"
+    if parts.scheme in ("redis", "rediss"):
+        broker = urlunsplit((parts.scheme, netloc, "/0", parts.query, ""))
+        backend = settings.RESULT_BACKEND or urlunsplit((parts.scheme, netloc, "/1", parts.query, ""))
+    else:
+        broker = urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+        backend = settings.RESULT_BACKEND or "rpc://"
+    return broker, backend
+
+
+def resolve_audio_path(shared_folder: str, file_path: str) -> Path:
+    """The file named by a task, which must lie inside the shared folder once links are resolved."""
+    root = Path(shared_folder).resolve()
+    if not isinstance(file_path, str) or not file_path:
+        raise TaskInputError("file_path must be a non-empty string")
+    candidate = Path(file_path)
+    if not candidate.is_absolute():
+        candidate = root / candidate
+    resolved = candidate.resolve()
+    if resolved != root and root not in resolved.parents:
+        raise TaskInputError(f"{file_path} is outside the shared folder {root}")
+    if not resolved.is_file():
+        raise TaskInputError(f"{file_path}: no such file in the shared folder {root}")
+    return resolved
+
+
+def create_celery(settings: Settings, engine=None) -> Celery:
+    """The Celery app with `transcribe_task`; `engine` is loaded on first use when not given."""
+    broker, backend = broker_urls(settings)
+    app = Celery("nemo_stt", broker=broker, backend=backend)
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_track_started=True,
+        task_default_queue=settings.SERVICE_NAME,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": settings.TASK_VISIBILITY_TIMEOUT},
+        result_extended=True,
+        worker_hijack_root_logger=False,
+    )
+    state = {"engine": engine}
+
+    def get_engine():
+        if state["engine"] is None:
+            from .cli import engine_config
+            from .engine import Engine
+
+            state["engine"] = Engine(engine_config(settings))
+        return state["engine"]
+
+    # Input errors are the client's: report them as failures without a traceback in the log.
+    @app.task(name=TASK_NAME, bind=True, throws=(TaskInputError,))
+    def transcribe_task(self, file_path: str, with_metadata: bool = True, language: str | None = None) -> dict:
+        path = resolve_audio_path(settings.SHARED_FOLDER, file_path)
+
+        def progress(fraction: float) -> None:
+            if fraction < 1.0:
+                self.update_state(state="PROGRESS", meta={"progress": round(fraction, 3)})
+
+        try:
+            transcript = get_engine().transcribe_source(path, language or None, progress=progress)
+        except AudioDecodeError as error:
+            raise TaskInputError(f"{file_path}: {error}") from None
+        return results.to_json(transcript, with_metadata=bool(with_metadata))
+
+    return app
+
+
+def run_worker(settings: Settings) -> None:
+    import torch
+
+    from .cli import engine_config
+    from .engine import Engine
+
+    # The model is loaded before the worker consumes anything: "ready" means ready to transcribe.
+    engine = Engine(engine_config(settings))
+    engine.warm_up()
+    app = create_celery(settings, engine)
+    on_gpu = (settings.DEVICE or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    # Threads share one model and its batcher: parallel tasks are batched together. On GPU one
+    # process owns the device and runs tasks one at a time (solo pool), as the seed advises.
+    pool = ["--pool=solo"] if on_gpu else ["--pool=threads", f"--concurrency={settings.CONCURRENCY + 1}"]
+    app.worker_main([
+        "worker", f"--queues={settings.SERVICE_NAME}", *pool, "--loglevel=INFO",
+        f"--hostname={settings.SERVICE_NAME}@{os.uname().nodename}-{os.getpid()}", "--without-gossip",
+        "--without-mingle",
+    ])

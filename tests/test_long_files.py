@@ -1,0 +1,84 @@
+"""Long files in windows and VAD on the demo model: every word once, in order, at the time it was spoken."""
+
+import io
+import wave
+
+import numpy as np
+import pytest
+
+from nemo_stt.audio import decode_audio
+from nemo_stt.engine import Engine, EngineConfig, VadConfig
+
+from .conftest import FIXTURES
+
+RATE = 16000
+
+
+def as_wav(audio: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(RATE)
+        wav.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def utterances(demo_engine, fixture_texts):
+    """Each fixture's audio with the words and times the model gives it alone."""
+    result = []
+    for name in fixture_texts:
+        audio = decode_audio(FIXTURES / name, RATE)
+        result.append((audio, demo_engine.transcribe(audio).words))
+    return result
+
+
+def compose(utterances, gaps: list[float]) -> tuple[np.ndarray, list[tuple[str, float]]]:
+    """Utterances placed after the given silences; returns the audio and each word with where it was placed."""
+    pieces, placed, cursor = [], [], 0.0
+    for (audio, words), gap in zip(utterances, gaps, strict=True):
+        pieces += [np.zeros(int(gap * RATE), dtype=np.float32), audio]
+        cursor += gap
+        placed += [(w.word, cursor + w.start) for w in words]
+        cursor += len(audio) / RATE
+    return np.concatenate(pieces), placed
+
+
+def assert_words_where_placed(transcript, placed, tolerance=0.3):
+    assert [w.word for w in transcript.words] == [word for word, _ in placed]
+    for word, (_, start) in zip(transcript.words, placed, strict=True):
+        assert abs(word.start - start) <= tolerance, (word, start)
+
+
+def test_a_long_file_has_every_word_once_in_order_at_its_time(utterances):
+    engine = Engine(EngineConfig(device="cpu", num_threads=2, long_file_threshold=10, long_file_chunk=7,
+                                 long_file_context=2))
+    sequence = utterances * 2
+    audio, placed = compose(sequence, [0.7, 1.3, 0.4, 2.0, 0.9, 0.5, 1.1] * 2)
+    progress = []
+    transcript = engine.transcribe_source(as_wav(audio), progress=progress.append)
+    assert len(audio) / RATE > 50  # several seams: about eight windows of 7 s
+    assert_words_where_placed(transcript, placed)
+    assert transcript.text == " ".join(word for word, _ in placed)
+    assert progress == sorted(progress) and progress[-1] == 1.0 and len(progress) > 5
+    engine.close()
+
+
+@pytest.mark.parametrize("method", ["auditok", "silero"])
+def test_vad_keeps_the_times_of_the_original_audio(utterances, method):
+    engine = Engine(EngineConfig(device="cpu", num_threads=2, vad=VadConfig(method=method)))
+    audio, placed = compose(utterances[:3], [5.0, 8.0, 3.5])
+    audio = np.concatenate([audio, np.zeros(4 * RATE, dtype=np.float32)])
+    segments = engine.vad.segments(audio)
+    assert len(segments) == 3
+    transcript = engine.transcribe_source(as_wav(audio))
+    assert_words_where_placed(transcript, placed)
+    engine.close()
+
+
+def test_vad_on_silence_gives_nothing_to_transcribe(demo_engine):
+    engine = Engine(EngineConfig(device="cpu", num_threads=2, vad=VadConfig(method="auditok")))
+    transcript = engine.transcribe(np.zeros(5 * RATE, dtype=np.float32))
+    assert transcript.text == "" and transcript.words == ()
+    engine.close()
