@@ -48,8 +48,16 @@ def serve(settings: Settings) -> None:
 
         run_worker(settings)
         return
-    if settings.SERVICE_MODE != "http":
-        raise SystemExit(f"SERVICE_MODE={settings.SERVICE_MODE} is not available in this version; use http or task")
+    if settings.SERVICE_MODE == "websocket":
+        import asyncio
+
+        from .engine import Engine
+        from .websocket_server import run
+
+        engine = Engine(engine_config(settings))
+        engine.warm_up()
+        asyncio.run(run(engine, settings))
+        return
     import uvicorn
 
     from .engine import Engine

@@ -112,6 +112,10 @@ class Settings(BaseSettings):
     """How many words at the end of a partial may still change."""
     STREAMING_MAX_PARTIAL_ACTUALIZATION_PER_SECOND: float = Field(default=4, ge=0)
     """At most this many partials per second; 0 means no limit."""
+    STREAMING_MAX_CONNECTIONS: int = Field(default=32, ge=1)
+    """Streams served at once; more are closed with code 1013 (try again later)."""
+    STREAMING_IDLE_TIMEOUT: float = Field(default=30, gt=0)
+    """Seconds without any message after which a stream is closed (code 1008)."""
     PUNCTUATION_MODEL: str | None = None
     """Path to a recasepunc model to restore case and punctuation in streaming."""
 

@@ -1,0 +1,170 @@
+"""Websocket mode end to end: a real websockets client against `nemo-stt serve` in its own process."""
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from nemo_stt.audio import decode_audio
+
+from .conftest import FIXTURES, free_port, wer
+
+
+class StreamingServerProcess:
+    def __init__(self, **env: str):
+        self.port = free_port()
+        self.url = f"ws://127.0.0.1:{self.port}/streaming"
+        full_env = {**os.environ, "SERVICE_MODE": "websocket", "STREAMING_PORT": str(self.port), "DEVICE": "cpu",
+                    "NUM_THREADS": "2", **env}
+        self.process = subprocess.Popen([sys.executable, "-m", "nemo_stt", "serve"], env=full_env,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                asyncio.run(self._ping())
+                return
+            except OSError:
+                time.sleep(0.3)
+        raise RuntimeError("streaming server not ready")
+
+    async def _ping(self):
+        async with connect(self.url) as ws:
+            await ws.close()
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait(30)
+
+
+@pytest.fixture(scope="module")
+def server():
+    process = StreamingServerProcess(STREAMING_PAUSE_FOR_FINAL="1.0", STREAMING_MAX_CONNECTIONS="12",
+                                     STREAMING_IDLE_TIMEOUT="3")
+    yield process
+    process.stop()
+
+
+def speech_with_pauses(names: list[str], rate: int, pause: float = 2.0) -> np.ndarray:
+    pieces = []
+    for name in names:
+        pieces += [decode_audio(FIXTURES / name, rate), np.zeros(int(pause * rate), dtype=np.float32)]
+    return np.concatenate(pieces)
+
+
+async def stream(url: str, audio: np.ndarray, rate: int, speed: float = 1.0, frame: float = 0.1,
+                 start_delay: float = 0.0) -> list[dict]:
+    await asyncio.sleep(start_delay)
+    messages = []
+    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+    step = int(frame * rate) * 2
+    async with connect(url) as ws:
+        await ws.send(json.dumps({"config": {"sample_rate": rate}}))
+
+        async def read():
+            async for message in ws:
+                messages.append({**json.loads(message), "at": time.monotonic()})
+
+        reader = asyncio.create_task(read())
+        started = time.monotonic()
+        for offset in range(0, len(pcm), step):
+            await ws.send(pcm[offset:offset + step])
+            await asyncio.sleep(max(0.0, started + (offset + step) / 2 / rate / speed - time.monotonic()))
+        await ws.send(json.dumps({"eof": 1}))
+        await asyncio.wait_for(reader, 60)
+        assert ws.close_code == 1000
+    return messages
+
+
+def finals_text(messages) -> str:
+    return " ".join(m["text"] for m in messages if m.get("text")).strip()
+
+
+def test_streaming_at_real_time_gives_partials_then_finals_close_to_the_offline_text(server, demo_engine,
+                                                                                     fixture_texts):
+    names = ["anna_bread.wav", "red_car.mp3", "old_house.flac"]
+    audio = speech_with_pauses(names, 16000)
+    offline = demo_engine.transcribe(audio).text
+    messages = asyncio.run(stream(server.url, audio, 16000))
+    reference = " ".join(fixture_texts[n] for n in names)
+    assert wer(reference, finals_text(messages)) <= wer(reference, offline) + 0.02
+    assert any("partial" in m for m in messages)
+    finals = [m for m in messages if "text" in m]
+    assert len(finals) >= 3  # one after each pause, and the last one after eof
+    assert "text" in messages[-1]
+    for final in finals:
+        if final["words"]:
+            assert final["start"] <= final["words"][0]["start"] <= final["words"][-1]["end"] <= final["end"] + 1e-6
+
+
+def test_faster_than_real_time_and_another_sample_rate(server, fixture_texts):
+    names = ["doctor_letter.ogg", "children_park.m4a"]
+    audio = speech_with_pauses(names, 8000)
+    messages = asyncio.run(stream(server.url, audio, 8000, speed=4.0))
+    reference = " ".join(fixture_texts[n] for n in names)
+    assert wer(reference, finals_text(messages)) <= 0.35
+
+
+def test_ten_connections_at_once_each_get_their_own_text(server, fixture_texts):
+    names = sorted(fixture_texts)
+
+    async def all_streams():
+        jobs = [stream(server.url, speech_with_pauses([names[i % len(names)]], 16000, pause=1.2), 16000, speed=2.0,
+                       start_delay=0.3 * i) for i in range(10)]
+        return await asyncio.gather(*jobs)
+
+    results = asyncio.run(all_streams())
+    for index, messages in enumerate(results):
+        assert wer(fixture_texts[names[index % len(names)]], finals_text(messages)) <= 0.35, index
+
+
+async def expect_close(url: str, *messages, wait: float = 10.0) -> tuple[int, str]:
+    async with connect(url) as ws:
+        for message in messages:
+            await ws.send(message)
+        try:
+            while True:
+                await asyncio.wait_for(ws.recv(), wait)
+        except ConnectionClosed:
+            pass
+        return ws.close_code, ws.close_reason
+
+
+@pytest.mark.parametrize(("messages", "code", "reason"), [
+    ((b"\x00\x01" * 100,), 1008, "config"),
+    (('{"config": {}}',), 1007, "sample_rate"),
+    (('{"config": {"sample_rate": "fast"}}',), 1007, "sample_rate"),
+    (("not json",), 1007, "invalid JSON"),
+    (('{"config": {"sample_rate": 16000}}', b"\x00\x01\x02"), 1007, "even number of bytes"),
+    (('{"config": {"sample_rate": 16000}}', '{"hello": 1}'), 1003, "eof"),
+    ((), 1008, "no config"),
+    (('{"config": {"sample_rate": 16000}}',), 1008, "no data"),
+])
+def test_bad_input_closes_that_connection_with_a_code_and_reason(server, messages, code, reason, fixture_texts):
+    async def scenario():
+        good = asyncio.create_task(stream(server.url, speech_with_pauses(["red_car.mp3"], 16000), 16000, speed=2.0))
+        closed = await expect_close(server.url, *messages)
+        return closed, await good
+
+    (close_code, close_reason), good_messages = asyncio.run(scenario())
+    assert close_code == code and reason in close_reason
+    assert wer(fixture_texts["red_car.mp3"], finals_text(good_messages)) <= 0.35
+
+
+def test_more_connections_than_the_cap_are_told_to_retry_later(server):
+    async def scenario():
+        async with asyncio.TaskGroup() as group:
+            holders = [group.create_task(connect(server.url).__aenter__()) for _ in range(12)]
+        extra_code, extra_reason = await expect_close(server.url)
+        for holder in holders:
+            await holder.result().close()
+        return extra_code, extra_reason
+
+    code, reason = asyncio.run(scenario())
+    assert code == 1013 and "too many" in reason
