@@ -1,6 +1,5 @@
 """HTTP mode: POST /transcribe, GET /healthcheck and Swagger UI at /docs, as LinTO-STT-NeMo serves them."""
 
-import asyncio
 import logging
 from typing import Annotated
 
@@ -138,7 +137,7 @@ def create_app(engine: Engine, max_upload_bytes: int) -> FastAPI:
             raise HTTPException(415, f"{file.filename or 'file'}: the file is empty")
         try:
             # The upload is spooled to disk by the form parser; decoding reads it incrementally.
-            transcript = await asyncio.to_thread(engine.transcribe_source, file.file, language or None)
+            transcript = await engine.transcribe_source_async(file.file, language or None)
         except AudioDecodeError as error:
             raise HTTPException(415, f"{file.filename or 'file'}: {error}") from None
         except QueueFull as full:

@@ -17,7 +17,7 @@ import torch
 
 from ..audio import AudioSource, AudioStream
 from ..results import Transcript, Word
-from .batcher import Batcher, BatchPolicy
+from .batcher import Batcher, BatchPolicy, QueueFull
 from .decoding import configure_decoding, model_family, select_decoder
 from .long_audio import iter_windows, owned_words
 from .model_loading import has_full_context, load_asr_model, resolve_device, use_local_attention
@@ -116,21 +116,46 @@ class Engine:
         windows are in flight at once. Raises AudioDecodeError for input that is not audio.
         """
         with AudioStream(source, self.sample_rate) as stream:
-            blocks = iter(stream)
-            head, head_samples = [], 0
-            threshold = int(self.config.long_file_threshold * self.sample_rate)
-            for block in blocks:
-                head.append(block)
-                head_samples += len(block)
-                if head_samples > threshold:
-                    break
-            else:
-                audio = np.concatenate(head) if head else np.zeros(0, dtype=np.float32)
-                transcript = self.transcribe(audio, language)
+            head, rest = self._read_head(stream)
+            if rest is None:
+                transcript = self.transcribe(head, language)
                 if progress:
                     progress(1.0)
                 return transcript
-            return self._transcribe_windows(_chain(head, blocks), stream.duration, language, progress)
+            return self._transcribe_windows(_chain([head], rest), stream.duration, language, progress)
+
+    async def transcribe_source_async(self, source: AudioSource, language: str | None = None) -> Transcript:
+        """`transcribe_source` for asyncio callers: a short file holds no thread while it waits for the model.
+
+        Raises QueueFull at once when the engine's queue is full.
+        """
+        stream = await asyncio.to_thread(AudioStream, source, self.sample_rate)
+        try:
+            head, rest = await asyncio.to_thread(self._read_head, stream)
+            if rest is not None:
+                return await asyncio.to_thread(self._transcribe_windows, _chain([head], rest), stream.duration,
+                                               language, None)
+        finally:
+            stream.close()
+        pieces = self._submit_piece(head, 0.0, block=False)
+        try:
+            outputs = [await asyncio.wrap_future(future) for _, future in pieces]
+        finally:
+            for _, future in pieces:
+                future.cancel()
+        return self._assemble([offset for offset, _ in pieces], outputs, language)
+
+    def _read_head(self, stream: AudioStream):
+        """The audio up to the long-file threshold, and the iterator of the rest (None when there is none)."""
+        blocks = iter(stream)
+        head, samples = [], 0
+        threshold = int(self.config.long_file_threshold * self.sample_rate)
+        for block in blocks:
+            head.append(block)
+            samples += len(block)
+            if samples > threshold:
+                return np.concatenate(head), blocks
+        return (np.concatenate(head) if head else np.zeros(0, dtype=np.float32)), None
 
     def _transcribe_windows(self, blocks, duration: float | None, language: str | None,
                             progress: Progress | None) -> Transcript:
@@ -168,29 +193,38 @@ class Engine:
     # Pieces: the parts of one audio that go to the batcher (the VAD's speech segments, or all of it) ----
 
     def _submit_piece(self, audio: np.ndarray, offset: float, block: bool) -> list[tuple[float, Future]]:
+        """Queue the speech segments of `audio` (all of it without VAD).
+
+        With `block`, waits for room in the queue; without, raises QueueFull and queues none of them.
+        """
         if self.vad is None:
             spans = [(0.0, len(audio) / self.sample_rate)] if len(audio) else []
         else:
             spans = self.vad.segments(audio)
-        pieces = []
-        for start, end in spans:
-            segment = audio[int(start * self.sample_rate):int(end * self.sample_rate)]
-            pieces.append((offset + start, self.batcher.submit(segment, block=block)))
-            block = True  # the rest of an accepted request waits for room rather than failing
+        pieces: list[tuple[float, Future]] = []
+        try:
+            for start, end in spans:
+                segment = audio[int(start * self.sample_rate):int(end * self.sample_rate)]
+                pieces.append((offset + start, self.batcher.submit(segment, block=block)))
+        except QueueFull:
+            for _, future in pieces:
+                future.cancel()
+            raise
         return pieces
 
     def _collect(self, pieces: list[tuple[float, Future]], language: str | None) -> Transcript:
-        words: list[Word] = []
-        texts = []
         try:
-            for offset, future in pieces:
-                transcript = future.result()
-                texts.append(transcript.text)
-                words.extend(Word(w.word, w.start + offset, w.end + offset, w.conf) for w in transcript.words)
+            outputs = [future.result() for _, future in pieces]
         finally:
             for _, future in pieces:
                 future.cancel()
-        text = " ".join(t for t in texts if t)
+        return self._assemble([offset for offset, _ in pieces], outputs, language)
+
+    def _assemble(self, offsets: list[float], outputs: list[Transcript], language: str | None) -> Transcript:
+        """One transcript from the pieces' transcripts, word times shifted to the audio the caller gave."""
+        words = [Word(w.word, w.start + offset, w.end + offset, w.conf)
+                 for offset, output in zip(offsets, outputs, strict=True) for w in output.words]
+        text = " ".join(output.text for output in outputs if output.text)
         return Transcript(text=text, words=tuple(words), language=language or self.language)
 
     def warm_up(self) -> None:
