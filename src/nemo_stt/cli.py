@@ -5,41 +5,8 @@ import json
 import logging
 import sys
 
+from .service import load_engine
 from .settings import Settings, SettingsError, load_settings
-
-
-def engine_config(settings: Settings):
-    import torch
-
-    from .engine import BatchPolicy, EngineConfig, VadConfig
-
-    on_gpu = (settings.DEVICE or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
-    batching = BatchPolicy(
-        workers=settings.CONCURRENCY + 1,
-        max_batch_items=settings.BATCH_MAX_SIZE or (16 if on_gpu else 1),
-        max_batch_seconds=settings.BATCH_MAX_AUDIO_SEC,
-        max_wait=settings.BATCH_MAX_WAIT_MS / 1000,
-        queue_size=settings.QUEUE_MAX_SIZE,
-    )
-    vad = VadConfig(
-        method=settings.VAD,
-        dilatation=settings.VAD_DILATATION,
-        min_speech=settings.VAD_MIN_SPEECH_DURATION,
-        min_silence=settings.VAD_MIN_SILENCE_DURATION,
-    ) if settings.VAD else None
-    return EngineConfig(
-        model=settings.MODEL,
-        architecture=settings.ARCHITECTURE,
-        device=settings.DEVICE,
-        num_threads=settings.NUM_THREADS,
-        batching=batching,
-        language=settings.LANGUAGE,
-        vad=vad,
-        long_file_threshold=settings.LONG_FILE_THRESHOLD,
-        long_file_chunk=settings.LONG_FILE_CHUNK_LEN,
-        long_file_context=settings.LONG_FILE_CHUNK_CONTEXT_LEN,
-        local_attention=settings.LONG_FILE_LOCAL_ATTENTION,
-    )
 
 
 def serve(settings: Settings) -> None:
@@ -51,30 +18,23 @@ def serve(settings: Settings) -> None:
     if settings.SERVICE_MODE == "websocket":
         import asyncio
 
-        from .engine import Engine
         from .websocket_server import run
 
-        engine = Engine(engine_config(settings))
-        engine.warm_up()
-        asyncio.run(run(engine, settings))
+        asyncio.run(run(load_engine(settings), settings))
         return
     import uvicorn
 
-    from .engine import Engine
     from .http_api import create_app
 
-    engine = Engine(engine_config(settings))
-    engine.warm_up()
-    app = create_app(engine, max_upload_bytes=int(settings.MAX_UPLOAD_MB * 1e6))
+    app = create_app(load_engine(settings), max_upload_bytes=int(settings.MAX_UPLOAD_MB * 1e6))
     uvicorn.run(app, host="0.0.0.0", port=settings.HTTP_PORT, log_level="info", timeout_graceful_shutdown=30)
 
 
 def transcribe_files(settings: Settings, paths: list[str], as_json: bool) -> int:
     from . import results
     from .audio import AudioDecodeError
-    from .engine import Engine
 
-    engine = Engine(engine_config(settings))
+    engine = load_engine(settings, warm_up=False)
     failures = 0
     for path in paths:
         try:

@@ -18,6 +18,7 @@ from celery import Celery
 
 from . import results
 from .audio import AudioDecodeError
+from .service import load_engine
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -80,10 +81,7 @@ def create_celery(settings: Settings, engine=None) -> Celery:
 
     def get_engine():
         if state["engine"] is None:
-            from .cli import engine_config
-            from .engine import Engine
-
-            state["engine"] = Engine(engine_config(settings))
+            state["engine"] = load_engine(settings, warm_up=False)
         return state["engine"]
 
     # Input errors are the client's: report them as failures without a traceback in the log.
@@ -107,13 +105,8 @@ def create_celery(settings: Settings, engine=None) -> Celery:
 def run_worker(settings: Settings) -> None:
     import torch
 
-    from .cli import engine_config
-    from .engine import Engine
-
     # The model is loaded before the worker consumes anything: "ready" means ready to transcribe.
-    engine = Engine(engine_config(settings))
-    engine.warm_up()
-    app = create_celery(settings, engine)
+    app = create_celery(settings, load_engine(settings))
     on_gpu = (settings.DEVICE or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
     # Threads share one model and its batcher: parallel tasks are batched together. On GPU one
     # process owns the device and runs tasks one at a time (solo pool), as the seed advises.

@@ -140,10 +140,12 @@ def training_loss(model, signal, signal_len, tokens: list[list[int]], ctc_weight
     joint = model.joint(encoder_outputs=encoded, decoder_outputs=decoder_out).log_softmax(-1)
     loss_rnnt = rnnt_loss(joint, targets, encoded_len, target_len, blank=blank)
     ctc_log_probs = model.ctc_decoder(encoder_output=encoded)
+    # Summed over each utterance like the RNNT loss (NeMo's "mean_batch"): a per-token mean would make the
+    # CTC term negligible, and the encoder then learns far more slowly.
     loss_ctc = torch.nn.functional.ctc_loss(
         ctc_log_probs.transpose(0, 1), targets, encoded_len, target_len, blank=blank,
-        reduction="mean", zero_infinity=True,
-    )
+        reduction="sum", zero_infinity=True,
+    ) / len(tokens)
     return (1 - ctc_weight) * loss_rnnt + ctc_weight * loss_ctc
 
 

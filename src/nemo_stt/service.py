@@ -1,0 +1,47 @@
+"""From settings to a running engine: the one place that maps environment variables onto engine options."""
+
+from .settings import Settings
+
+
+def engine_config(settings: Settings):
+    import torch
+
+    from .engine import BatchPolicy, EngineConfig, VadConfig
+
+    on_gpu = (settings.DEVICE or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    batching = BatchPolicy(
+        workers=settings.CONCURRENCY + 1,
+        max_batch_items=settings.BATCH_MAX_SIZE or (16 if on_gpu else 1),
+        max_batch_seconds=settings.BATCH_MAX_AUDIO_SEC,
+        max_wait=settings.BATCH_MAX_WAIT_MS / 1000,
+        queue_size=settings.QUEUE_MAX_SIZE,
+    )
+    vad = VadConfig(
+        method=settings.VAD,
+        dilatation=settings.VAD_DILATATION,
+        min_speech=settings.VAD_MIN_SPEECH_DURATION,
+        min_silence=settings.VAD_MIN_SILENCE_DURATION,
+    ) if settings.VAD else None
+    return EngineConfig(
+        model=settings.MODEL,
+        architecture=settings.ARCHITECTURE,
+        device=settings.DEVICE,
+        num_threads=settings.NUM_THREADS,
+        batching=batching,
+        language=settings.LANGUAGE,
+        vad=vad,
+        long_file_threshold=settings.LONG_FILE_THRESHOLD,
+        long_file_chunk=settings.LONG_FILE_CHUNK_LEN,
+        long_file_context=settings.LONG_FILE_CHUNK_CONTEXT_LEN,
+        local_attention=settings.LONG_FILE_LOCAL_ATTENTION,
+    )
+
+
+def load_engine(settings: Settings, warm_up: bool = True):
+    """Load the model as the settings say; with `warm_up`, run one inference so that the first request is fast."""
+    from .engine import Engine
+
+    engine = Engine(engine_config(settings))
+    if warm_up:
+        engine.warm_up()
+    return engine
