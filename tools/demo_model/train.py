@@ -31,7 +31,7 @@ from synthesize import SAMPLE_RATE, speak_corpus
 log = logging.getLogger("train-demo-model")
 
 
-def model_config(tokenizer_dir: str, d_model: int, n_layers: int, n_heads: int) -> dict:
+def model_config(tokenizer_dir: str, d_model: int, n_layers: int, n_heads: int, subsampling: int = 8) -> dict:
     return {
         "sample_rate": SAMPLE_RATE,
         "model_defaults": {"enc_hidden": d_model, "pred_hidden": 128, "joint_hidden": 128},
@@ -48,7 +48,7 @@ def model_config(tokenizer_dir: str, d_model: int, n_layers: int, n_heads: int) 
         "encoder": {
             "_target_": "nemo.collections.asr.modules.ConformerEncoder",
             "feat_in": 80, "feat_out": -1, "n_layers": n_layers, "d_model": d_model, "use_bias": True,
-            "subsampling": "dw_striding", "subsampling_factor": 8, "subsampling_conv_channels": d_model,
+            "subsampling": "dw_striding", "subsampling_factor": subsampling, "subsampling_conv_channels": d_model,
             "causal_downsampling": True, "ff_expansion_factor": 4,
             "self_attention_model": "rel_pos", "n_heads": n_heads,
             # Several look-aheads (13, 6 and 1 frames of 80 ms): the first is the default.
@@ -105,8 +105,9 @@ def augment(audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.concatenate([lead, audio, tail]).astype(np.float32)
 
 
-def make_batches(lengths: list[int], max_batch_seconds: float, rng: random.Random) -> list[list[int]]:
-    """Length-sorted batches capped in total padded audio, shuffled."""
+def make_batches(lengths: list[int], max_batch_seconds: float, rng: random.Random,
+                 shortest_first: bool = False) -> list[list[int]]:
+    """Length-sorted batches capped in total padded audio, shuffled (or shortest first: SortaGrad)."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i] + rng.randint(0, SAMPLE_RATE // 4))
     batches, current = [], []
     for index in order:
@@ -117,7 +118,8 @@ def make_batches(lengths: list[int], max_batch_seconds: float, rng: random.Rando
         current.append(index)
     if current:
         batches.append(current)
-    rng.shuffle(batches)
+    if not shortest_first:
+        rng.shuffle(batches)
     return batches
 
 
@@ -174,17 +176,22 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="where to write the .nemo")
     parser.add_argument("--train-utterances", type=int, default=10000)
     parser.add_argument("--test-utterances", type=int, default=300)
-    parser.add_argument("--steps", type=int, default=2200)
-    parser.add_argument("--batch-seconds", type=float, default=80.0, help="padded audio per batch")
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--warmup", type=int, default=400)
+    parser.add_argument("--steps", type=int, default=5000)
+    parser.add_argument("--batch-seconds", type=float, default=20.0, help="padded audio per batch")
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--d-model", type=int, default=96)
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--vocab-size", type=int, default=128)
+    parser.add_argument("--subsampling", type=int, default=8)
+    parser.add_argument("--ctc-weight", type=float, default=None)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--eval-every", type=int, default=400)
+    parser.add_argument("--eval-every", type=int, default=1000)
+    parser.add_argument("--normalize", default="NA", help="feature normalization: NA (streaming-safe) or per_feature")
+    parser.add_argument("--no-augment", action="store_true")
+    parser.add_argument("--no-specaug", action="store_true")
     parser.add_argument("--smoke", action="store_true", help="a few steps on a handful of utterances")
     args = parser.parse_args()
     if args.smoke:
@@ -213,12 +220,16 @@ def main() -> None:
         log.info("synthesized %d + %d utterances (%.2f h) in %.0f s", len(train_audio), len(test_audio), hours,
                  time.time() - started)
 
-        cfg = OmegaConf.create(model_config(str(tokenizer_dir), args.d_model, args.layers, args.heads))
+        config = model_config(str(tokenizer_dir), args.d_model, args.layers, args.heads, args.subsampling)
+        config["preprocessor"]["normalize"] = args.normalize
+        if args.no_specaug:
+            config["spec_augment"] = None
+        cfg = OmegaConf.create(config)
         model = EncDecHybridRNNTCTCBPEModel(cfg=cfg)
         n_params = sum(p.numel() for p in model.parameters())
         log.info("model: %.2f M parameters", n_params / 1e6)
         tokens = [model.tokenizer.text_to_ids(t) for t in train_texts]
-        ctc_weight = float(cfg.aux_ctc.ctc_loss_weight)
+        ctc_weight = args.ctc_weight if args.ctc_weight is not None else float(cfg.aux_ctc.ctc_loss_weight)
 
         optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=1e-3)
 
@@ -231,13 +242,17 @@ def main() -> None:
         model.train()
         step, started = 0, time.time()
         lengths = [len(a) for a in train_audio]
+        epoch = 0
         while step < args.steps:
-            for batch in make_batches(lengths, args.batch_seconds, rng):
+            # The first epoch goes from the shortest utterances to the longest (SortaGrad): short ones are
+            # easy to align, which gets CTC and RNNT past the stage where they only emit blanks.
+            for batch in make_batches(lengths, args.batch_seconds, rng, shortest_first=epoch == 0):
                 if step >= args.steps:
                     break
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(step)
-                signal, signal_len = pad([augment(train_audio[i], np_rng) for i in batch])
+                audios = [train_audio[i] if args.no_augment else augment(train_audio[i], np_rng) for i in batch]
+                signal, signal_len = pad(audios)
                 loss = training_loss(model, signal, signal_len, [tokens[i] for i in batch], ctc_weight)
                 optimizer.zero_grad()
                 loss.backward()
@@ -249,6 +264,7 @@ def main() -> None:
                              time.time() - started)
                 if args.eval_every and step % args.eval_every == 0:
                     log.info("held-out: %s", evaluate(model, test_audio, test_texts))
+            epoch += 1
 
         metrics = evaluate(model, test_audio, test_texts)
         metrics.update({
