@@ -160,3 +160,10 @@ def make_corpus(count: int, seed: int, exclude: set[str] = frozenset()) -> list[
         seen.add(sentence)
         corpus.append(sentence)
     return corpus
+
+
+def make_short_phrases(count: int, seed: int) -> list[str]:
+    """One to three vocabulary words: easy alignments that start the curriculum."""
+    rng = random.Random(seed)
+    words = sorted(vocabulary())
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(1, 3))) for _ in range(count)]

@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rnnt_loss import rnnt_loss
-from sentences import make_corpus
+from sentences import make_corpus, make_short_phrases
 from synthesize import SAMPLE_RATE, speak_corpus
 
 log = logging.getLogger("train-demo-model")
@@ -176,9 +176,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="where to write the .nemo")
     parser.add_argument("--train-utterances", type=int, default=10000)
     parser.add_argument("--test-utterances", type=int, default=300)
-    parser.add_argument("--steps", type=int, default=5000)
+    parser.add_argument("--steps", type=int, default=3500)
     parser.add_argument("--batch-seconds", type=float, default=20.0, help="padded audio per batch")
-    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--d-model", type=int, default=96)
     parser.add_argument("--layers", type=int, default=6)
@@ -186,6 +186,7 @@ def main() -> None:
     parser.add_argument("--vocab-size", type=int, default=128)
     parser.add_argument("--subsampling", type=int, default=8)
     parser.add_argument("--ctc-weight", type=float, default=None)
+    parser.add_argument("--short-phrases", type=int, default=3000, help="1-3 word utterances added to training")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--eval-every", type=int, default=1000)
@@ -195,7 +196,7 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="a few steps on a handful of utterances")
     args = parser.parse_args()
     if args.smoke:
-        args.train_utterances, args.test_utterances, args.steps = 48, 8, 3
+        args.train_utterances, args.test_utterances, args.steps, args.short_phrases = 48, 8, 3, 8
         args.warmup, args.eval_every, args.batch_seconds = 1, 0, 30.0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -206,6 +207,8 @@ def main() -> None:
 
     test_texts = make_corpus(args.test_utterances, seed=args.seed + 1000)
     train_texts = make_corpus(args.train_utterances, seed=args.seed, exclude=set(test_texts))
+    # Short phrases come first in the length-sorted first epoch: a curriculum from words to sentences.
+    train_texts += make_short_phrases(args.short_phrases, seed=args.seed + 1)
     assert not set(test_texts) & set(train_texts)
 
     from nemo.collections.asr.models import EncDecHybridRNNTCTCBPEModel
