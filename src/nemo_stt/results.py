@@ -26,9 +26,6 @@ class Transcript:
             return 0.0
         return sum(w.conf for w in self.words) / len(self.words)
 
-    def with_language(self, language: str | None) -> "Transcript":
-        return Transcript(self.text, self.words, language)
-
 
 def to_json(transcript: Transcript, with_metadata: bool = True) -> dict:
     """The JSON of LinTO's /transcribe route and `transcribe_task` (words empty without metadata)."""

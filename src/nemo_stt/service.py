@@ -3,12 +3,17 @@
 from .settings import Settings
 
 
-def engine_config(settings: Settings):
+def runs_on_gpu(settings: Settings) -> bool:
+    """Whether the model will run on a GPU: DEVICE=cuda[:N], or DEVICE unset on a machine with CUDA."""
     import torch
 
+    return (settings.DEVICE or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+
+
+def engine_config(settings: Settings):
     from .engine import BatchPolicy, EngineConfig, VadConfig
 
-    on_gpu = (settings.DEVICE or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    on_gpu = runs_on_gpu(settings)
     batching = BatchPolicy(
         workers=settings.CONCURRENCY + 1,
         max_batch_items=settings.BATCH_MAX_SIZE or (16 if on_gpu else 1),

@@ -18,7 +18,7 @@ from celery import Celery
 
 from . import results
 from .audio import AudioDecodeError
-from .service import load_engine
+from .service import load_engine, runs_on_gpu
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -103,11 +103,9 @@ def create_celery(settings: Settings, engine=None) -> Celery:
 
 
 def run_worker(settings: Settings) -> None:
-    import torch
-
     # The model is loaded before the worker consumes anything: "ready" means ready to transcribe.
     app = create_celery(settings, load_engine(settings))
-    on_gpu = (settings.DEVICE or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    on_gpu = runs_on_gpu(settings)
     # Threads share one model and its batcher: parallel tasks are batched together. On GPU one
     # process owns the device and runs tasks one at a time (solo pool), as the seed advises.
     pool = ["--pool=solo"] if on_gpu else ["--pool=threads", f"--concurrency={settings.CONCURRENCY + 1}"]

@@ -99,9 +99,6 @@ class Engine:
         """Transcribe mono float32 audio at `sample_rate` (VAD applied), blocking the calling thread."""
         return self._collect(self._submit_piece(audio, 0.0, block=False), language)
 
-    async def transcribe_async(self, audio: np.ndarray, language: str | None = None) -> Transcript:
-        return await asyncio.to_thread(self.transcribe, audio, language)
-
     def submit_raw(self, audio: np.ndarray) -> Future:
         """One forward of `audio` through the batcher, without VAD (raises QueueFull when full)."""
         return self.batcher.submit(audio)
