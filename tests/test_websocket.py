@@ -43,10 +43,11 @@ class StreamingServerProcess:
         self.process.wait(30)
 
 
-@pytest.fixture(scope="module")
-def server():
-    process = StreamingServerProcess(STREAMING_PAUSE_FOR_FINAL="1.0", STREAMING_MAX_CONNECTIONS="12",
-                                     STREAMING_IDLE_TIMEOUT="3")
+@pytest.fixture(scope="module", params=["cache_aware", "buffered"])
+def server(request):
+    # The demo model was trained for streaming: both engines run on it.
+    process = StreamingServerProcess(STREAMING_ENGINE=request.param, STREAMING_PAUSE_FOR_FINAL="1.0",
+                                     STREAMING_MAX_CONNECTIONS="12", STREAMING_IDLE_TIMEOUT="3")
     yield process
     process.stop()
 

@@ -64,7 +64,7 @@ def _ctc_decoder() -> dict:
 
 
 def build(kind: str, tokenizer_dir: Path, out: Path) -> Path:
-    """Save a random-weight model of `kind` (ctc, rnnt, tdt, hybrid) to `out` and return the path."""
+    """Save a random-weight model of `kind` (ctc, rnnt, tdt, hybrid, streaming_hybrid) to `out`; return the path."""
     from nemo.collections.asr.models import EncDecCTCModelBPE, EncDecHybridRNNTCTCBPEModel, EncDecRNNTBPEModel
 
     cfg = _common(tokenizer_dir)
@@ -76,8 +76,14 @@ def build(kind: str, tokenizer_dir: Path, out: Path) -> Path:
         if kind == "tdt":
             cfg["model_defaults"]["tdt_durations"] = TDT_DURATIONS
         model_class = EncDecRNNTBPEModel
-    elif kind == "hybrid":
+    elif kind in ("hybrid", "streaming_hybrid"):
         cfg.update(_transducer(tdt=False))
+        if kind == "streaming_hybrid":
+            # Trained-for-streaming layout: causal convolutions, chunked attention with several look-aheads.
+            cfg["preprocessor"]["normalize"] = "NA"
+            cfg["encoder"].update({"causal_downsampling": True, "conv_context_size": "causal",
+                                   "att_context_size": [[16, 3], [16, 1]], "att_context_style": "chunked_limited",
+                                   "conv_norm_type": "layer_norm"})
         cfg["aux_ctc"] = {"ctc_loss_weight": 0.3, "decoder": _ctc_decoder(), "decoding": {"strategy": "greedy"}}
         model_class = EncDecHybridRNNTCTCBPEModel
     else:

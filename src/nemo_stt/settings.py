@@ -116,6 +116,10 @@ class Settings(BaseSettings):
     """Streams served at once; more are closed with code 1013 (try again later)."""
     STREAMING_IDLE_TIMEOUT: float = Field(default=30, gt=0)
     """Seconds without any message after which a stream is closed (code 1008)."""
+    STREAMING_ENGINE: Literal["auto", "cache_aware", "buffered"] = "auto"
+    """auto: cache-aware streaming when the model was trained with a limited right context, else buffered."""
+    STREAMING_LOOKAHEAD_MS: float = Field(default=560, gt=0)
+    """Cache-aware streaming: chunk length in ms; the closest the model was trained with is used."""
     PUNCTUATION_MODEL: str | None = None
     """Path to a recasepunc model to restore case and punctuation in streaming."""
 

@@ -2,11 +2,14 @@
 
 1. The client sends `{"config": {"sample_rate": N}}` (an optional "language" is accepted).
 2. Then binary frames of PCM s16le mono at N Hz, of any size, and finally `{"eof": 1}`.
-3. The server answers `{"partial": "..."}` while speech goes on and `{"text": "...", "start", "end",
-   "words"}` after each pause (times in seconds from the start of the stream); after eof, a last
+3. The server answers `{"partial": "...", "decoded": s}` after decodes while speech goes on
+   ("decoded": seconds of the stream it accounts for) and `{"text": "...", "start", "end", "words"}`
+   after each pause (times in seconds from the start of the stream); after eof, a last
    `{"text": ...}` and a normal close.
 
-Every connection's decodes go through the engine's batcher; the event loop only moves bytes.
+Models trained with a limited right context stream with encoder caches, all connections' chunks
+encoded in one batched step; other models re-decode a trimmed buffer per connection through the
+engine's batcher. Either way the event loop only moves bytes.
 Bad input closes that connection with a code and a reason, and frees its state.
 """
 
@@ -22,6 +25,7 @@ from websockets.exceptions import ConnectionClosed
 from .audio import pcm16_to_float
 from .engine import Engine
 from .engine.buffered_stream import BufferedStream, Segment, StreamingParams
+from .engine.cache_aware_stream import CacheAwareStream
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -51,6 +55,18 @@ class StreamingServer:
             max_words_in_buffer=settings.STREAMING_MAX_WORDS_IN_BUFFER,
         )
         self.active = 0
+        # Streaming with encoder caches when the model allows it; otherwise a re-decoded buffer.
+        self.streamer = None
+        if settings.STREAMING_ENGINE == "cache_aware" or (
+            settings.STREAMING_ENGINE == "auto" and engine.supports_cache_aware_streaming()
+        ):
+            self.streamer = engine.cache_aware_streamer(settings.STREAMING_LOOKAHEAD_MS)
+        log.info("streaming engine: %s", "cache-aware" if self.streamer else "buffered")
+
+    def new_stream(self) -> BufferedStream | CacheAwareStream:
+        if self.streamer is not None:
+            return CacheAwareStream(self.streamer, self.settings.STREAMING_PAUSE_FOR_FINAL)
+        return BufferedStream(self.engine.submit_raw, self.engine.sample_rate, self.params)
 
     async def handle(self, connection: ServerConnection) -> None:
         if self.active >= self.settings.STREAMING_MAX_CONNECTIONS:
@@ -80,7 +96,7 @@ class StreamingServer:
             raise ProtocolError(POLICY, f"no config received within {idle:g} s")
         client_rate = self._parse_config(first)
         resampler = _Resampler(client_rate, self.engine.sample_rate)
-        stream = BufferedStream(self.engine.submit_raw, self.engine.sample_rate, self.params)
+        stream = self.new_stream()
         sender = _Sender(connection, self.settings.STREAMING_MAX_PARTIAL_ACTUALIZATION_PER_SECOND)
         wake = asyncio.Event()
         decoder = asyncio.create_task(self._decode_loop(stream, sender, wake))
@@ -120,7 +136,8 @@ class StreamingServer:
             if not decoder.done():
                 decoder.cancel()
 
-    async def _decode_loop(self, stream: BufferedStream, sender: "_Sender", wake: asyncio.Event) -> None:
+    async def _decode_loop(self, stream: BufferedStream | CacheAwareStream, sender: "_Sender",
+                           wake: asyncio.Event) -> None:
         while True:
             await wake.wait()
             wake.clear()
@@ -129,7 +146,7 @@ class StreamingServer:
                 if segment is not None:
                     await sender.final(segment)
                 else:
-                    await sender.partial(stream.partial_text())
+                    await sender.partial(stream.partial_text(), stream.decoded_seconds)
 
     def _parse_config(self, message) -> int:
         if isinstance(message, bytes):
@@ -174,17 +191,16 @@ class _Sender:
         self.connection = connection
         self.interval = 1.0 / per_second if per_second else 0.0
         self.last_partial = 0.0
-        self.last_text = None
 
-    async def partial(self, text: str) -> None:
+    async def partial(self, text: str, decoded: float) -> None:
+        """`decoded`: seconds of the stream that the partial accounts for (lets clients measure latency)."""
         now = time.monotonic()
-        if text == self.last_text or now - self.last_partial < self.interval:
+        if now - self.last_partial < self.interval:
             return
-        self.last_partial, self.last_text = now, text
-        await self.connection.send(json.dumps({"partial": text}))
+        self.last_partial = now
+        await self.connection.send(json.dumps({"partial": text, "decoded": round(decoded, 3)}))
 
     async def final(self, segment: Segment) -> None:
-        self.last_text = None
         words = [{"word": w.word, "start": round(w.start, 3), "end": round(w.end, 3), "conf": round(w.conf, 5)}
                  for w in segment.words]
         await self.connection.send(json.dumps({"text": segment.text, "start": round(segment.start, 3),

@@ -59,6 +59,11 @@ class BufferedStream:
     def stream_seconds(self) -> float:
         return self._received / self.rate
 
+    @property
+    def decoded_seconds(self) -> float:
+        """Seconds of the stream covered by the last decode."""
+        return self._decoded_up_to / self.rate
+
     def push(self, audio: np.ndarray) -> None:
         self._chunks.append(audio)
         self._received += len(audio)

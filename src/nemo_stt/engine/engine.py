@@ -18,9 +18,16 @@ import torch
 from ..audio import AudioSource, AudioStream
 from ..results import Transcript, Word
 from .batcher import Batcher, BatchPolicy, QueueFull
+from .cache_aware_stream import CacheAwareStreamer, supports_cache_aware_streaming
 from .decoding import configure_decoding, model_family, select_decoder
 from .long_audio import iter_windows, owned_words
-from .model_loading import has_full_context, load_asr_model, resolve_device, use_local_attention
+from .model_loading import (
+    ModelLoadError,
+    has_full_context,
+    load_asr_model,
+    resolve_device,
+    use_local_attention,
+)
 from .transcriber import Transcriber
 from .vad import SpeechDetector, VadConfig
 
@@ -70,6 +77,7 @@ class Engine:
         self.language = config.language or ("en" if config.model is None else None)
         self.vad = SpeechDetector(config.vad, self.sample_rate) if config.vad else None
         self.batcher = Batcher(self.transcriber.transcribe_batch, self.sample_rate, config.batching)
+        self._streamer: CacheAwareStreamer | None = None
         policy = config.batching
         log.info("model ready: %s (%s, %s decoding) on %s; %d inference loop(s) x %d thread(s), batches of up to "
                  "%d items / %g s, VAD %s, %s attention", config.model or "demo model", type(self.model).__name__,
@@ -224,12 +232,28 @@ class Engine:
         text = " ".join(output.text for output in outputs if output.text)
         return Transcript(text=text, words=tuple(words), language=language or self.language)
 
+    # Streaming ----------------------------------------------------------------------------------------
+
+    def supports_cache_aware_streaming(self) -> bool:
+        return not self.local_attention and supports_cache_aware_streaming(self.model)
+
+    def cache_aware_streamer(self, lookahead_ms: float | None) -> CacheAwareStreamer:
+        """The shared stepping loop of cache-aware streams (one per engine)."""
+        if self._streamer is None:
+            if not self.supports_cache_aware_streaming():
+                raise ModelLoadError("this model attends over its whole input: it cannot stream with caches; "
+                                     "use buffered streaming")
+            self._streamer = CacheAwareStreamer(self.model, self.decoder, lookahead_ms)
+        return self._streamer
+
     def warm_up(self) -> None:
         """One short inference, so that the first request does not pay for lazy initialisation."""
         self.transcriber.transcribe_batch([np.zeros(self.sample_rate, dtype=np.float32)])
 
     def close(self) -> None:
         self.batcher.close()
+        if self._streamer is not None:
+            self._streamer.close()
 
 
 def _chain(head: list[np.ndarray], rest):

@@ -1,0 +1,340 @@
+"""Cache-aware streaming for encoders trained with a limited right context (chunked FastConformer).
+
+Each connection keeps its own encoder caches and decoder state; one thread runs a single batched
+encoder step for every connection that has a chunk ready, streams at different positions included
+(NeMo's caches are per batch row). Features are computed incrementally and exactly: a mel frame is
+made once the audio under its whole window has arrived, so a stream needs no re-decoding.
+
+All chunks have the same shape: the first is preceded by zero features and its extra pre-encoded
+frames dropped like the others (NeMo's `pad_and_drop_preencoded`), which is what makes streams at
+different positions batchable.
+"""
+
+import asyncio
+import logging
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..results import Word
+from .buffered_stream import Segment
+from .decoding import DecoderKind
+
+log = logging.getLogger(__name__)
+
+
+def supports_cache_aware_streaming(model) -> bool:
+    """Whether the encoder was trained with a limited right context, so that chunks can be encoded with caches."""
+    from nemo.collections.asr.parts.mixins.streaming import StreamingEncoder
+
+    encoder = model.encoder
+    if not isinstance(encoder, StreamingEncoder) or not hasattr(encoder, "att_context_size_all"):
+        return False
+    contexts = [list(c) for c in encoder.att_context_size_all]
+    causal_convs = getattr(encoder, "conv_context_size", None) is not None and encoder.conv_context_size[1] == 0
+    return causal_convs and any(right >= 0 and left >= 0 for left, right in contexts)
+
+
+@dataclass
+class _StreamState:
+    """What one connection needs between chunks; touched only by the stepping thread while a step runs."""
+
+    caches: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    feature_history: torch.Tensor  # the last pre-encode-cache frames before the next chunk
+    audio: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
+    audio_offset: int = 0  # stream sample index of audio[0], a multiple of the hop
+    next_frame: int = 0  # index of the next mel frame to compute
+    pending: list[torch.Tensor] = field(default_factory=list)  # mel frames not yet encoded
+    pending_frames: int = 0
+    frames_out: int = 0  # encoder frames decoded so far
+    decoder_state: object = None  # RNNT: NeMo's decoder state; CTC: the last frame's label
+    tokens: list[tuple[int, int, float]] = field(default_factory=list)  # (id, encoder frame, confidence)
+
+
+class CacheAwareStreamer:
+    """Runs the batched encoder steps of every open stream on one thread."""
+
+    def __init__(self, model, decoder: DecoderKind, lookahead_ms: float | None, max_batch: int = 64):
+        self.model = model
+        self.decoder = decoder
+        encoder = model.encoder
+        stride = float(model.cfg.preprocessor.window_stride)
+        self.sample_rate = int(model.cfg.preprocessor.sample_rate)
+        self.hop = round(stride * self.sample_rate)
+        featurizer = model.preprocessor.featurizer
+        self.n_fft = int(featurizer.n_fft)
+        self.subsampling = int(encoder.subsampling_factor)
+        self.frame_seconds = stride * self.subsampling
+        self.att_context_size = self._choose_context(encoder, lookahead_ms, self.frame_seconds)
+        encoder.set_default_att_context_size(self.att_context_size)
+        config = encoder.streaming_cfg
+        self.chunk_frames = int(_second(config.chunk_size))
+        self.shift_frames = int(_second(config.shift_size))
+        self.pre_cache_frames = int(_second(config.pre_encode_cache_size))
+        self.drop_pre_encoded = int(config.drop_extra_pre_encoded)
+        self.features = int(encoder._feat_in)
+        self.device = next(model.parameters()).device
+        self.max_batch = max_batch
+        self.encoder_steps = 0  # batched steps run, and the stream chunks they encoded
+        self.chunks_encoded = 0
+        self._queue: list[tuple[_StreamState, Future, np.ndarray, bool]] = []
+        self._ready = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="cache-aware-streaming", daemon=True)
+        self._thread.start()
+        log.info("cache-aware streaming: att_context_size %s, chunks of %d ms", self.att_context_size,
+                 round(self.chunk_seconds * 1000))
+
+    @property
+    def chunk_seconds(self) -> float:
+        return self.shift_frames * self.hop / self.sample_rate
+
+    @staticmethod
+    def _choose_context(encoder, lookahead_ms: float | None, frame_seconds: float) -> list[int]:
+        """The trained context whose chunk ((right context + 1) frames) is closest to `lookahead_ms`."""
+        contexts = [list(c) for c in encoder.att_context_size_all if c[1] >= 0]
+        if lookahead_ms is None:
+            default = list(encoder.att_context_size)
+            return default if default in contexts else contexts[0]
+        return min(contexts, key=lambda c: abs((c[1] + 1) * frame_seconds * 1000 - lookahead_ms))
+
+    def new_state(self) -> _StreamState:
+        caches = self.model.encoder.get_initial_cache_state(batch_size=1, device=self.device)
+        history = torch.zeros(self.features, self.pre_cache_frames, device=self.device)
+        return _StreamState(caches=caches, feature_history=history)
+
+    def frames_available(self, received_samples: int) -> int:
+        """Mel frames whose whole window lies within the first `received_samples` samples."""
+        return max(0, (received_samples - self.n_fft // 2) // self.hop + 1)
+
+    def step(self, state: _StreamState, audio: np.ndarray, flush: bool = False) -> Future:
+        """Add audio to a stream and encode every whole chunk it then holds; the future gives the new tokens.
+
+        With `flush`, the stream ends: its audio is padded so that the last partial chunk is encoded too.
+        """
+        future: Future = Future()
+        with self._ready:
+            if self._closed:
+                raise RuntimeError("the streaming engine is closed")
+            self._queue.append((state, future, audio, flush))
+            self._ready.notify()
+        return future
+
+    def close(self) -> None:
+        with self._ready:
+            self._closed = True
+            self._ready.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._ready:
+                while not self._queue and not self._closed:
+                    self._ready.wait()
+                if self._closed and not self._queue:
+                    return
+                work, self._queue = self._queue, []
+            try:
+                self._process(work)
+            except Exception as error:  # a failed step fails its streams, never the thread
+                log.exception("streaming step failed")
+                for _, future, _, _ in work:
+                    if not future.done():
+                        future.set_exception(error)
+
+    @torch.inference_mode()
+    def _process(self, work: list) -> None:
+        for state, _, audio, flush in work:
+            self._add_features(state, audio, flush)
+        # Every stream with a whole chunk takes part in each encoder step until none has one left.
+        while True:
+            ready = [state for state, *_ in work if state.pending_frames >= self.shift_frames]
+            if not ready:
+                break
+            for start in range(0, len(ready), self.max_batch):
+                self._encode(ready[start : start + self.max_batch])
+        for state, future, _, _ in work:
+            future.set_result(state.tokens)
+            state.tokens = []
+
+    def _add_features(self, state: _StreamState, audio: np.ndarray, flush: bool) -> None:
+        if audio.size:
+            state.audio = np.concatenate([state.audio, audio.astype(np.float32, copy=False)])
+        received = state.audio_offset + len(state.audio)
+        if flush:
+            # Zeros after the end: enough for the last frames' windows and for a whole last chunk.
+            frames_total = self.frames_available(received + self.n_fft // 2)
+            missing = (-(state.pending_frames + frames_total - state.next_frame)) % self.shift_frames
+            pad = self.n_fft // 2 + missing * self.hop
+            state.audio = np.concatenate([state.audio, np.zeros(pad, dtype=np.float32)])
+            received += pad
+        last = self.frames_available(received)
+        if last <= state.next_frame:
+            return
+        signal = torch.from_numpy(state.audio).to(self.device)[None, :]
+        length = torch.tensor([signal.shape[1]], device=self.device)
+        features, _ = self.model.preprocessor(input_signal=signal, length=length)
+        first_local = state.next_frame - state.audio_offset // self.hop
+        new = features[0, :, first_local : first_local + last - state.next_frame]
+        state.pending.append(new)
+        state.pending_frames += new.shape[1]
+        state.next_frame = last
+        # Keep the audio under the next frame's window and one sample before it (pre-emphasis).
+        keep_from = max(0, ((last * self.hop - self.n_fft // 2 - 1) // self.hop) * self.hop)
+        state.audio = state.audio[keep_from - state.audio_offset :]
+        state.audio_offset = keep_from
+
+    def _encode(self, states: list[_StreamState]) -> None:
+        chunks = []
+        for state in states:
+            pending = torch.cat(state.pending, dim=1) if len(state.pending) > 1 else state.pending[0]
+            chunk, rest = pending[:, : self.shift_frames], pending[:, self.shift_frames :]
+            state.pending = [rest] if rest.shape[1] else []
+            state.pending_frames = rest.shape[1]
+            chunks.append(torch.cat([state.feature_history, chunk], dim=1))
+            state.feature_history = chunks[-1][:, chunks[-1].shape[1] - self.pre_cache_frames :]
+        signal = torch.stack(chunks)
+        lengths = torch.full((len(states),), signal.shape[2], dtype=torch.long, device=self.device)
+        cache_channel = torch.cat([s.caches[0] for s in states], dim=1)
+        cache_time = torch.cat([s.caches[1] for s in states], dim=1)
+        cache_len = torch.cat([s.caches[2] for s in states], dim=0)
+        encoded, encoded_len, cache_channel, cache_time, cache_len = self.model.encoder.cache_aware_stream_step(
+            processed_signal=signal, processed_signal_length=lengths, cache_last_channel=cache_channel,
+            cache_last_time=cache_time, cache_last_channel_len=cache_len, keep_all_outputs=False,
+            drop_extra_pre_encoded=self.drop_pre_encoded,
+        )
+        for row, state in enumerate(states):
+            state.caches = (cache_channel[:, row : row + 1], cache_time[:, row : row + 1], cache_len[row : row + 1])
+        if self.decoder == "ctc":
+            self._decode_ctc(states, encoded, encoded_len)
+        else:
+            self._decode_rnnt(states, encoded, encoded_len)
+        for row, state in enumerate(states):
+            state.frames_out += int(encoded_len[row])
+        self.encoder_steps += 1
+        self.chunks_encoded += len(states)
+
+    def _decode_ctc(self, states: list[_StreamState], encoded: torch.Tensor, encoded_len: torch.Tensor) -> None:
+        head = getattr(self.model, "ctc_decoder", None) or self.model.decoder
+        log_probs = head(encoder_output=encoded)
+        blank = log_probs.shape[-1] - 1
+        best, labels = log_probs.max(dim=-1)
+        for row, state in enumerate(states):
+            previous = state.decoder_state
+            for t in range(int(encoded_len[row])):
+                label = int(labels[row, t])
+                if label != blank and label != previous:
+                    state.tokens.append((label, state.frames_out + t, float(best[row, t].exp())))
+                previous = label
+            state.decoder_state = previous
+
+    def _decode_rnnt(self, states: list[_StreamState], encoded: torch.Tensor, encoded_len: torch.Tensor) -> None:
+        from nemo.collections.asr.parts.utils.rnnt_utils import Hypothesis
+
+        # Fresh hypotheses carrying only the decoder state: NeMo appends this chunk's tokens to them,
+        # with times counted from the chunk's first frame.
+        partial = [Hypothesis(score=0.0, y_sequence=None, dec_state=s.decoder_state) if s.decoder_state is not None
+                   else None for s in states]
+        (hypotheses,) = self.model.decoding.decoding(
+            encoder_output=encoded, encoded_lengths=encoded_len, partial_hypotheses=partial
+        )
+        for state, hypothesis in zip(states, hypotheses, strict=True):
+            ids = _as_list(hypothesis.y_sequence)
+            times = _as_list(hypothesis.timestamp)
+            confidences = _as_list(getattr(hypothesis, "non_blank_step_confidence_precomputed", None))
+            for index, token in enumerate(ids):
+                conf = float(confidences[index]) if index < len(confidences) else 1.0
+                state.tokens.append((int(token), state.frames_out + int(times[index]), conf))
+            state.decoder_state = hypothesis.dec_state
+
+
+def _second(value):
+    """NeMo gives [first chunk, other chunks] for some streaming sizes; with padded first chunks all are the second."""
+    return value[1] if isinstance(value, list) else value
+
+
+def _as_list(values) -> list:
+    if values is None:
+        return []
+    if isinstance(values, torch.Tensor):
+        return values.tolist()
+    return list(values)
+
+
+class CacheAwareStream:
+    """One connection's stream: the same interface as `BufferedStream`, backed by a `CacheAwareStreamer`."""
+
+    def __init__(self, streamer: CacheAwareStreamer, pause_for_final: float):
+        self.streamer = streamer
+        self.rate = streamer.sample_rate
+        self.pause_for_final = pause_for_final
+        self._tokenizer = streamer.model.tokenizer
+        self._state = streamer.new_state()
+        self._unsent: list[np.ndarray] = []
+        self._received = 0
+        self._tokens: list[tuple[int, int, float]] = []  # since the last final
+
+    @property
+    def stream_seconds(self) -> float:
+        return self._received / self.rate
+
+    @property
+    def decoded_seconds(self) -> float:
+        """Seconds of the stream covered by the encoder steps so far."""
+        return self._state.frames_out * self.streamer.frame_seconds
+
+    def push(self, audio: np.ndarray) -> None:
+        self._unsent.append(audio)
+        self._received += len(audio)
+
+    def ready(self) -> bool:
+        frames = self.streamer.frames_available(self._received) - self._state.next_frame
+        return frames + self._state.pending_frames >= self.streamer.shift_frames
+
+    def partial_text(self) -> str:
+        return self._tokenizer.ids_to_text([token for token, _, _ in self._tokens]).strip()
+
+    async def step(self) -> Segment | None:
+        await self._run(flush=False)
+        decoded_seconds = self._state.frames_out * self.streamer.frame_seconds
+        if self._tokens:
+            last_token_end = (self._tokens[-1][1] + 1) * self.streamer.frame_seconds
+            if decoded_seconds - last_token_end >= self.pause_for_final:
+                return self._close_segment()
+        return None
+
+    async def finish(self) -> Segment:
+        await self._run(flush=True)
+        return self._close_segment()
+
+    async def _run(self, flush: bool) -> None:
+        audio = np.concatenate(self._unsent) if self._unsent else np.zeros(0, dtype=np.float32)
+        self._unsent = []
+        self._tokens += await asyncio.wrap_future(self.streamer.step(self._state, audio, flush=flush))
+
+    def _close_segment(self) -> Segment:
+        words = tuple(_words(self._tokens, self._tokenizer, self.streamer.frame_seconds))
+        self._tokens = []
+        return Segment(" ".join(w.word for w in words), words)
+
+
+def _words(tokens: list[tuple[int, int, float]], tokenizer, frame_seconds: float) -> Iterator[Word]:
+    """Group SentencePiece tokens into words ("▁" starts one), with times and the mean token confidence."""
+    pieces = tokenizer.ids_to_tokens([token for token, _, _ in tokens])
+    group: list[tuple[int, int, float]] = []
+    for piece, token in zip(pieces, tokens, strict=True):
+        if piece.startswith("▁") and group:
+            yield _word(group, tokenizer, frame_seconds)
+            group = []
+        group.append(token)
+    if group:
+        yield _word(group, tokenizer, frame_seconds)
+
+
+def _word(group: list[tuple[int, int, float]], tokenizer, frame_seconds: float) -> Word:
+    text = tokenizer.ids_to_text([token for token, _, _ in group]).strip()
+    conf = float(np.mean([c for _, _, c in group]))
+    return Word(text, group[0][1] * frame_seconds, (group[-1][1] + 1) * frame_seconds, min(1.0, max(0.0, conf)))
