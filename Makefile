@@ -8,7 +8,7 @@ PIP := $(PY) -m pip
 INSTALLED := $(VENV)/.installed
 HTTP_PORT ?= 8080
 
-.PHONY: run test install system-deps lint demo-model fixtures
+.PHONY: run test install system-deps lint demo-model fixtures bench
 
 run: $(INSTALLED)
 	SERVICE_MODE=$${SERVICE_MODE:-http} HTTP_PORT=$(HTTP_PORT) $(VENV)/bin/nemo-stt serve
@@ -39,3 +39,14 @@ demo-model: $(INSTALLED)
 
 fixtures: $(INSTALLED)
 	$(PY) tools/make_fixtures.py tests/fixtures
+
+# Service overhead over the raw model, on the demo model and on a random-weight model of a real
+# FastConformer's sizes (built once into build/).
+BENCH_MODEL := build/bench-medium.nemo
+
+$(BENCH_MODEL): $(INSTALLED)
+	$(PY) benchmarks/make_benchmark_model.py --out $(BENCH_MODEL)
+
+bench: $(INSTALLED) $(BENCH_MODEL)
+	$(PY) benchmarks/service_overhead.py
+	$(PY) benchmarks/service_overhead.py --model $(BENCH_MODEL)

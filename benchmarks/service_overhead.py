@@ -1,0 +1,110 @@
+"""What the service costs over the bare model: RTFx of `POST /transcribe` and of the raw forward on one 60-s file.
+
+    python benchmarks/service_overhead.py                                  # demo model
+    python benchmarks/service_overhead.py --model build/bench-medium.nemo  # benchmark-size model
+
+In one run: the raw model (preprocessor, encoder and decoding called directly, 2 threads) and then
+`nemo-stt serve` (HTTP, one request at a time, same threads) on the same file, each several times;
+prints the median real-time factor of each (audio seconds per second) and their ratio.
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+import wave
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tools" / "demo_model"))
+sys.path.insert(0, str(REPO / "tests"))
+
+
+def make_minute(path: Path, seconds: float = 60.0) -> float:
+    """A WAV of espeak sentences with short pauses, `seconds` long."""
+    from sentences import make_corpus
+    from synthesize import SAMPLE_RATE, speak
+
+    pieces, total = [], 0
+    for sentence in make_corpus(100, seed=60):
+        audio = np.concatenate([speak(sentence), np.zeros(SAMPLE_RATE // 3, dtype=np.float32)])
+        pieces.append(audio)
+        total += len(audio)
+        if total >= seconds * SAMPLE_RATE:
+            break
+    audio = np.concatenate(pieces)[: int(seconds * SAMPLE_RATE)]
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(SAMPLE_RATE)
+        wav.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
+    return len(audio) / SAMPLE_RATE
+
+
+def raw_rtfx(model: str | None, path: Path, repeats: int) -> tuple[float, str]:
+    import torch
+
+    from nemo_stt.audio import decode_audio
+    from nemo_stt.engine.decoding import configure_decoding, select_decoder
+    from nemo_stt.engine.model_loading import load_asr_model
+    from nemo_stt.engine.transcriber import Transcriber
+
+    torch.set_num_threads(2)
+    loaded = load_asr_model(model, torch.device("cpu"))
+    decoder = select_decoder(loaded, None)
+    configure_decoding(loaded, decoder)
+    transcriber = Transcriber(loaded, decoder)
+    audio = decode_audio(path, transcriber.sample_rate)
+    text = transcriber.transcribe_batch([audio])[0].text  # warm-up
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        transcriber.transcribe_batch([audio])
+        times.append(time.perf_counter() - started)
+    return len(audio) / transcriber.sample_rate / statistics.median(times), text
+
+
+def service_rtfx(model: str | None, path: Path, duration: float, repeats: int) -> tuple[float, str]:
+    import httpx
+    from conftest import ServerProcess
+
+    env = {"VAD": "false", "CONCURRENCY": "0", "NUM_THREADS": "2", "DEVICE": "cpu"}
+    if model:
+        env["MODEL"] = model
+    server = ServerProcess(env)
+    data = path.read_bytes()
+    try:
+        with httpx.Client(timeout=600) as http:
+            text = http.post(f"{server.url}/transcribe", files={"file": (path.name, data)}).json()["text"]
+            times = []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                http.post(f"{server.url}/transcribe", files={"file": (path.name, data)}).raise_for_status()
+                times.append(time.perf_counter() - started)
+    finally:
+        server.stop()
+    return duration / statistics.median(times), text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help=".nemo path (default: the demo model)")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as work:
+        path = Path(work) / "minute.wav"
+        duration = make_minute(path)
+        raw, raw_text = raw_rtfx(args.model, path, args.repeats)
+        service, service_text = service_rtfx(args.model, path, duration, args.repeats)
+    print(f"model: {args.model or 'demo'}; {duration:.0f}-s file; {os.cpu_count()} cores, 2 threads")
+    print(f"raw model forward:  RTFx {raw:7.1f}")
+    print(f"POST /transcribe:   RTFx {service:7.1f}")
+    print(f"service / raw:      {service / raw:.3f}  (same text: {service_text == raw_text})")
+
+
+if __name__ == "__main__":
+    main()
