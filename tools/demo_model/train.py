@@ -31,7 +31,8 @@ from synthesize import SAMPLE_RATE, speak_corpus
 log = logging.getLogger("train-demo-model")
 
 
-def model_config(tokenizer_dir: str, d_model: int, n_layers: int, n_heads: int, subsampling: int = 8) -> dict:
+def model_config(tokenizer_dir: str, d_model: int, n_layers: int, n_heads: int, subsampling: int = 8,
+                 subsampling_channels: int | None = None) -> dict:
     return {
         "sample_rate": SAMPLE_RATE,
         "model_defaults": {"enc_hidden": d_model, "pred_hidden": 128, "joint_hidden": 128},
@@ -48,7 +49,8 @@ def model_config(tokenizer_dir: str, d_model: int, n_layers: int, n_heads: int, 
         "encoder": {
             "_target_": "nemo.collections.asr.modules.ConformerEncoder",
             "feat_in": 80, "feat_out": -1, "n_layers": n_layers, "d_model": d_model, "use_bias": True,
-            "subsampling": "dw_striding", "subsampling_factor": subsampling, "subsampling_conv_channels": d_model,
+            "subsampling": "dw_striding", "subsampling_factor": subsampling,
+            "subsampling_conv_channels": subsampling_channels or d_model,
             "causal_downsampling": True, "ff_expansion_factor": 4,
             "self_attention_model": "rel_pos", "n_heads": n_heads,
             # Several look-aheads (13, 6 and 1 frames of 80 ms): the first is the default.
@@ -78,6 +80,31 @@ def model_config(tokenizer_dir: str, d_model: int, n_layers: int, n_heads: int, 
         "loss": {"loss_name": "default"},
         "optim": {"name": "adamw", "lr": 1e-3},
     }
+
+
+@torch.no_grad()
+def center_first_convolution(model, audios: list[np.ndarray]) -> tuple[float, float]:
+    """Fold the mean and deviation of the training log-mels into the subsampling's first convolution.
+
+    Un-normalised log-mels (normalize "NA", the streaming-safe choice) sit around -10 with a deviation
+    of a few units: the first convolution's outputs are then dominated by that offset, and at a learning
+    rate of 1e-3 it takes thousands of steps for the biases to catch up. Scaling the weights by 1/std and
+    shifting the biases gives, at the start, the same layer as on centred and scaled inputs, with no
+    change to the model's structure or to how it streams.
+    """
+    model.preprocessor.eval()
+    frames = []
+    for audio in audios:
+        features, length = model.preprocessor(input_signal=torch.from_numpy(audio)[None],
+                                              length=torch.tensor([len(audio)]))
+        frames.append(features[0, :, : int(length[0])])
+    stacked = torch.cat(frames, dim=1)
+    mean, std = float(stacked.mean()), float(stacked.std())
+    conv = model.encoder.pre_encode.conv[0]
+    conv.weight /= std
+    conv.bias -= mean * conv.weight.sum(dim=(1, 2, 3))
+    model.preprocessor.train()
+    return mean, std
 
 
 def train_tokenizer(sentences: list[str], out_dir: Path, vocab_size: int) -> None:
@@ -185,6 +212,9 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--vocab-size", type=int, default=128)
     parser.add_argument("--subsampling", type=int, default=8)
+    # On CPU the subsampling's full-resolution convolutions cost more than the whole Conformer: with 96
+    # channels they take 2/3 of a training step, with 32 about a third of that.
+    parser.add_argument("--subsampling-channels", type=int, default=32)
     parser.add_argument("--ctc-weight", type=float, default=None)
     parser.add_argument("--short-phrases", type=int, default=3000, help="1-3 word utterances added to training")
     parser.add_argument("--threads", type=int, default=2)
@@ -193,12 +223,14 @@ def main() -> None:
     parser.add_argument("--normalize", default="NA", help="feature normalization: NA (streaming-safe) or per_feature")
     parser.add_argument("--no-augment", action="store_true")
     parser.add_argument("--no-specaug", action="store_true")
+    parser.add_argument("--init", type=Path, help="continue training this .nemo (its tokenizer is kept)")
     parser.add_argument("--smoke", action="store_true", help="a few steps on a handful of utterances")
     args = parser.parse_args()
     if args.smoke:
         args.train_utterances, args.test_utterances, args.steps, args.short_phrases = 48, 8, 3, 8
         args.warmup, args.eval_every, args.batch_seconds = 1, 0, 30.0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     random.seed(args.seed)
@@ -215,7 +247,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as work:
         tokenizer_dir = Path(work) / "tokenizer"
-        train_tokenizer(train_texts, tokenizer_dir, args.vocab_size)
+        if not args.init:
+            train_tokenizer(train_texts, tokenizer_dir, args.vocab_size)
         started = time.time()
         train_audio, _ = speak_corpus(train_texts, seed=args.seed)
         test_audio, _ = speak_corpus(test_texts, seed=args.seed + 1000)
@@ -223,12 +256,20 @@ def main() -> None:
         log.info("synthesized %d + %d utterances (%.2f h) in %.0f s", len(train_audio), len(test_audio), hours,
                  time.time() - started)
 
-        config = model_config(str(tokenizer_dir), args.d_model, args.layers, args.heads, args.subsampling)
-        config["preprocessor"]["normalize"] = args.normalize
-        if args.no_specaug:
-            config["spec_augment"] = None
-        cfg = OmegaConf.create(config)
-        model = EncDecHybridRNNTCTCBPEModel(cfg=cfg)
+        if args.init:
+            model = EncDecHybridRNNTCTCBPEModel.restore_from(str(args.init), map_location="cpu")
+            cfg = model.cfg
+        else:
+            config = model_config(str(tokenizer_dir), args.d_model, args.layers, args.heads, args.subsampling,
+                                  args.subsampling_channels)
+            config["preprocessor"]["normalize"] = args.normalize
+            if args.no_specaug:
+                config["spec_augment"] = None
+            cfg = OmegaConf.create(config)
+            model = EncDecHybridRNNTCTCBPEModel(cfg=cfg)
+            if args.normalize == "NA":
+                mean, std = center_first_convolution(model, train_audio[:: max(1, len(train_audio) // 300)])
+                log.info("log-mel mean %.2f, deviation %.2f: folded into the first convolution", mean, std)
         n_params = sum(p.numel() for p in model.parameters())
         log.info("model: %.2f M parameters", n_params / 1e6)
         tokens = [model.tokenizer.text_to_ids(t) for t in train_texts]
@@ -267,6 +308,7 @@ def main() -> None:
                              time.time() - started)
                 if args.eval_every and step % args.eval_every == 0:
                     log.info("held-out: %s", evaluate(model, test_audio, test_texts))
+                    model.save_to(str(args.out.with_suffix(".checkpoint.nemo")))
             epoch += 1
 
         metrics = evaluate(model, test_audio, test_texts)
@@ -277,7 +319,6 @@ def main() -> None:
         })
         log.info("final held-out: %s", metrics)
         model.eval()
-        args.out.parent.mkdir(parents=True, exist_ok=True)
         model.save_to(str(args.out))
         args.out.with_suffix(".metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         log.info("wrote %s (%.1f MB)", args.out, args.out.stat().st_size / 1e6)
