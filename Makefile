@@ -49,4 +49,4 @@ $(BENCH_MODEL): $(INSTALLED)
 
 bench: $(INSTALLED) $(BENCH_MODEL)
 	$(PY) benchmarks/service_overhead.py
-	$(PY) benchmarks/service_overhead.py --model $(BENCH_MODEL)
+	$(PY) benchmarks/service_overhead.py --model $(BENCH_MODEL) --architecture hybrid_bpe_ctc

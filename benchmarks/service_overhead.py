@@ -1,7 +1,7 @@
 """What the service costs over the bare model: RTFx of `POST /transcribe` and of the raw forward on one 60-s file.
 
     python benchmarks/service_overhead.py                                  # demo model
-    python benchmarks/service_overhead.py --model build/bench-medium.nemo  # benchmark-size model
+    python benchmarks/service_overhead.py --model build/bench-medium.nemo --architecture hybrid_bpe_ctc
 
 In one run: the raw model (preprocessor, encoder and decoding called directly, 2 threads) and then
 `nemo-stt serve` (HTTP, one request at a time, same threads) on the same file, each several times;
@@ -45,7 +45,7 @@ def make_minute(path: Path, seconds: float = 60.0) -> float:
     return len(audio) / SAMPLE_RATE
 
 
-def raw_rtfx(model: str | None, path: Path, repeats: int) -> tuple[float, str]:
+def raw_rtfx(model: str | None, architecture: str | None, path: Path, repeats: int) -> tuple[float, str]:
     import torch
 
     from nemo_stt.audio import decode_audio
@@ -55,7 +55,7 @@ def raw_rtfx(model: str | None, path: Path, repeats: int) -> tuple[float, str]:
 
     torch.set_num_threads(2)
     loaded = load_asr_model(model, torch.device("cpu"))
-    decoder = select_decoder(loaded, None)
+    decoder = select_decoder(loaded, architecture)
     configure_decoding(loaded, decoder)
     transcriber = Transcriber(loaded, decoder)
     audio = decode_audio(path, transcriber.sample_rate)
@@ -68,13 +68,16 @@ def raw_rtfx(model: str | None, path: Path, repeats: int) -> tuple[float, str]:
     return len(audio) / transcriber.sample_rate / statistics.median(times), text
 
 
-def service_rtfx(model: str | None, path: Path, duration: float, repeats: int) -> tuple[float, str]:
+def service_rtfx(model: str | None, architecture: str | None, path: Path, duration: float,
+                 repeats: int) -> tuple[float, str]:
     import httpx
     from conftest import ServerProcess
 
     env = {"VAD": "false", "CONCURRENCY": "0", "NUM_THREADS": "2", "DEVICE": "cpu"}
     if model:
         env["MODEL"] = model
+    if architecture:
+        env["ARCHITECTURE"] = architecture
     server = ServerProcess(env)
     data = path.read_bytes()
     try:
@@ -94,13 +97,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help=".nemo path (default: the demo model)")
     parser.add_argument("--repeats", type=int, default=5)
+    # A random-weight RNNT head emits up to max_symbols tokens on every frame, which no trained model
+    # does: benchmark random models with their CTC head (hybrid_bpe_ctc).
+    parser.add_argument("--architecture", help="ARCHITECTURE for both the raw model and the service")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as work:
         path = Path(work) / "minute.wav"
         duration = make_minute(path)
-        raw, raw_text = raw_rtfx(args.model, path, args.repeats)
-        service, service_text = service_rtfx(args.model, path, duration, args.repeats)
-    print(f"model: {args.model or 'demo'}; {duration:.0f}-s file; {os.cpu_count()} cores, 2 threads")
+        raw, raw_text = raw_rtfx(args.model, args.architecture, path, args.repeats)
+        service, service_text = service_rtfx(args.model, args.architecture, path, duration, args.repeats)
+    print(f"model: {args.model or 'demo'} ({args.architecture or 'default decoder'}); "
+          f"{duration:.0f}-s file; {os.cpu_count()} cores, 2 threads")
     print(f"raw model forward:  RTFx {raw:7.1f}")
     print(f"POST /transcribe:   RTFx {service:7.1f}")
     print(f"service / raw:      {service / raw:.3f}  (same text: {service_text == raw_text})")

@@ -1,7 +1,7 @@
 """Concurrent real-time streams: how many one machine holds, with what latency and CPU cost.
 
     python benchmarks/streaming.py                                        # demo model, both engines
-    python benchmarks/streaming.py --model build/bench-medium.nemo        # benchmark-size causal model
+    python benchmarks/streaming.py --model build/bench-medium.nemo --architecture hybrid_bpe_ctc
 
 For each engine (cache-aware, buffered) a `nemo-stt serve` websocket process is started; then N
 clients stream espeak speech with pauses at real-time pace (0.1-s packets), for N = 1, 2, 4, ...
@@ -45,7 +45,7 @@ def stream_audio(pause: float) -> tuple[np.ndarray, list[float]]:
 
 
 class Server:
-    def __init__(self, model: str | None, engine: str, pause: float):
+    def __init__(self, model: str | None, engine: str, pause: float, architecture: str | None):
         from conftest import free_port
 
         self.port = free_port()
@@ -55,6 +55,8 @@ class Server:
                "STREAMING_IDLE_TIMEOUT": "120", "STREAMING_PAUSE_FOR_FINAL": str(pause)}
         if model:
             env["MODEL"] = model
+        if architecture:
+            env["ARCHITECTURE"] = architecture
         self.process = subprocess.Popen([sys.executable, "-m", "nemo_stt", "serve"], env=env,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         asyncio.run(self._wait())
@@ -145,12 +147,16 @@ def main() -> None:
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128])
     parser.add_argument("--max-p95", type=float, default=1.0, help="partial latency limit (s)")
     parser.add_argument("--pause-for-final", type=float, default=1.5)
+    # A random-weight RNNT head emits up to max_symbols tokens on every frame, which no trained model
+    # does: benchmark random models with their CTC head (hybrid_bpe_ctc).
+    parser.add_argument("--architecture", help="ARCHITECTURE for the server")
     args = parser.parse_args()
     audio, ends = stream_audio(pause=args.pause_for_final + 1.0)
-    print(f"model: {args.model or 'demo'}; {len(audio) / RATE:.1f} s streams at real-time pace; "
+    print(f"model: {args.model or 'demo'} ({args.architecture or 'default decoder'}); "
+          f"{len(audio) / RATE:.1f} s streams at real-time pace; "
           f"{os.cpu_count()} cores; STREAMING_PAUSE_FOR_FINAL={args.pause_for_final}")
     for engine in args.engines:
-        server = Server(args.model, engine, args.pause_for_final)
+        server = Server(args.model, engine, args.pause_for_final, args.architecture)
         held = 0
         try:
             for streams in args.levels:

@@ -122,3 +122,21 @@ def test_cache_aware_streaming_of_a_full_context_model_stops_start_up(model_path
                                timeout=300)
     assert completed.returncode == 2
     assert "cannot stream with caches" in completed.stderr
+
+
+def test_a_step_whose_caller_is_cancelled_loses_no_tokens(streamer):
+    # A client's eof cancels its decode loop while a step may be running: the step's tokens must survive.
+    audio = fixture_audio("pilot_train.wav")
+    expected = run_stream(streamer, audio, [len(audio)])
+
+    async def go():
+        stream = CacheAwareStream(streamer, pause_for_final=1000.0)
+        stream.push(audio)
+        step = asyncio.create_task(stream._run(flush=False))
+        await asyncio.sleep(0)  # the step is submitted
+        step.cancel()
+        await asyncio.gather(step, return_exceptions=True)
+        await stream._run(flush=True)
+        return [(token, frame) for token, frame, _ in stream._tokens]
+
+    assert asyncio.run(go()) == expected

@@ -112,7 +112,9 @@ class CacheAwareStreamer:
         return max(0, (received_samples - self.n_fft // 2) // self.hop + 1)
 
     def step(self, state: _StreamState, audio: np.ndarray, flush: bool = False) -> Future:
-        """Add audio to a stream and encode every whole chunk it then holds; the future gives the new tokens.
+        """Add audio to a stream and encode every whole chunk it then holds; new tokens go to `state.tokens`.
+
+        A stream has at most one step in flight: the future is done when its state may be read again.
 
         With `flush`, the stream ends: its audio is padded so that the last partial chunk is encoded too.
         """
@@ -156,9 +158,9 @@ class CacheAwareStreamer:
                 break
             for start in range(0, len(ready), self.max_batch):
                 self._encode(ready[start : start + self.max_batch])
-        for state, future, _, _ in work:
-            future.set_result(state.tokens)
-            state.tokens = []
+        for _, future, _, _ in work:
+            if not future.done():
+                future.set_result(None)
 
     def _add_features(self, state: _StreamState, audio: np.ndarray, flush: bool) -> None:
         if audio.size:
@@ -276,6 +278,7 @@ class CacheAwareStream:
         self._unsent: list[np.ndarray] = []
         self._received = 0
         self._tokens: list[tuple[int, int, float]] = []  # since the last final
+        self._in_flight: asyncio.Future | None = None
 
     @property
     def stream_seconds(self) -> float:
@@ -313,7 +316,15 @@ class CacheAwareStream:
     async def _run(self, flush: bool) -> None:
         audio = np.concatenate(self._unsent) if self._unsent else np.zeros(0, dtype=np.float32)
         self._unsent = []
-        self._tokens += await asyncio.wrap_future(self.streamer.step(self._state, audio, flush=flush))
+        if self._in_flight is not None:
+            # A step whose caller was cancelled (a client's eof ends its decode loop) still runs to the end:
+            # wait for it, so that its tokens are kept and the state is never in two steps at once.
+            await self._in_flight
+        self._in_flight = asyncio.wrap_future(self.streamer.step(self._state, audio, flush=flush))
+        await asyncio.shield(self._in_flight)
+        self._in_flight = None
+        self._tokens += self._state.tokens
+        self._state.tokens = []
 
     def _close_segment(self) -> Segment:
         words = tuple(_words(self._tokens, self._tokenizer, self.streamer.frame_seconds))
