@@ -56,10 +56,6 @@ class BufferedStream:
         self._tentative: list[Word] = []  # the last decode's words after the confirmed ones
 
     @property
-    def stream_seconds(self) -> float:
-        return self._received / self.rate
-
-    @property
     def decoded_seconds(self) -> float:
         """Seconds of the stream covered by the last decode."""
         return self._decoded_up_to / self.rate

@@ -72,7 +72,6 @@ class CacheAwareStreamer:
         self.att_context_size = self._choose_context(encoder, lookahead_ms, self.frame_seconds)
         encoder.set_default_att_context_size(self.att_context_size)
         config = encoder.streaming_cfg
-        self.chunk_frames = int(_second(config.chunk_size))
         self.shift_frames = int(_second(config.shift_size))
         self.pre_cache_frames = int(_second(config.pre_encode_cache_size))
         self.drop_pre_encoded = int(config.drop_extra_pre_encoded)
@@ -281,10 +280,6 @@ class CacheAwareStream:
         self._in_flight: asyncio.Future | None = None
 
     @property
-    def stream_seconds(self) -> float:
-        return self._received / self.rate
-
-    @property
     def decoded_seconds(self) -> float:
         """Seconds of the stream covered by the encoder steps so far."""
         return self._state.frames_out * self.streamer.frame_seconds
@@ -302,10 +297,9 @@ class CacheAwareStream:
 
     async def step(self) -> Segment | None:
         await self._run(flush=False)
-        decoded_seconds = self._state.frames_out * self.streamer.frame_seconds
         if self._tokens:
             last_token_end = (self._tokens[-1][1] + 1) * self.streamer.frame_seconds
-            if decoded_seconds - last_token_end >= self.pause_for_final:
+            if self.decoded_seconds - last_token_end >= self.pause_for_final:
                 return self._close_segment()
         return None
 
