@@ -270,7 +270,6 @@ class CacheAwareStream:
 
     def __init__(self, streamer: CacheAwareStreamer, pause_for_final: float):
         self.streamer = streamer
-        self.rate = streamer.sample_rate
         self.pause_for_final = pause_for_final
         self._tokenizer = streamer.model.tokenizer
         self._state = streamer.new_state()
