@@ -223,12 +223,13 @@ class CacheAwareStreamer:
         log_probs = head(encoder_output=encoded)
         blank = log_probs.shape[-1] - 1
         best, labels = log_probs.max(dim=-1)
+        probs, labels = best.exp().tolist(), labels.tolist()  # plain lists: no tensor indexing per frame
         for row, state in enumerate(states):
             previous = state.decoder_state
             for t in range(int(encoded_len[row])):
-                label = int(labels[row, t])
+                label = labels[row][t]
                 if label != blank and label != previous:
-                    state.tokens.append((label, state.frames_out + t, float(best[row, t].exp())))
+                    state.tokens.append((label, state.frames_out + t, probs[row][t]))
                 previous = label
             state.decoder_state = previous
 
