@@ -68,8 +68,8 @@ def test_incremental_features_equal_the_whole_signal_features(streamer):
     audio = fixture_audio("anna_bread.wav")
     state = streamer.new_state()
     for start in range(0, len(audio), 1234):
-        streamer._add_features(state, audio[start : start + 1234], flush=False)
-    streamer._add_features(state, np.zeros(0, dtype=np.float32), flush=True)
+        streamer._add_features([(state, audio[start : start + 1234], False)])
+    streamer._add_features([(state, np.zeros(0, dtype=np.float32), True)])
     incremental = np.concatenate([p.numpy() for p in state.pending], axis=1)
     import torch
 

@@ -148,8 +148,7 @@ class CacheAwareStreamer:
 
     @torch.inference_mode()
     def _process(self, work: list) -> None:
-        for state, _, audio, flush in work:
-            self._add_features(state, audio, flush)
+        self._add_features([(state, audio, flush) for state, _, audio, flush in work])
         # Every stream with a whole chunk takes part in each encoder step until none has one left.
         while True:
             ready = [state for state, *_ in work if state.pending_frames >= self.shift_frames]
@@ -161,32 +160,45 @@ class CacheAwareStreamer:
             if not future.done():
                 future.set_result(None)
 
-    def _add_features(self, state: _StreamState, audio: np.ndarray, flush: bool) -> None:
-        if audio.size:
-            state.audio = np.concatenate([state.audio, audio.astype(np.float32, copy=False)])
-        received = state.audio_offset + len(state.audio)
-        if flush:
-            # Zeros after the end: enough for the last frames' windows and for a whole last chunk.
-            frames_total = self.frames_available(received + self.n_fft // 2)
-            missing = (-(state.pending_frames + frames_total - state.next_frame)) % self.shift_frames
-            pad = self.n_fft // 2 + missing * self.hop
-            state.audio = np.concatenate([state.audio, np.zeros(pad, dtype=np.float32)])
-            received += pad
-        last = self.frames_available(received)
-        if last <= state.next_frame:
+    def _add_features(self, additions: list[tuple[_StreamState, np.ndarray, bool]]) -> None:
+        """Append each stream's new audio and compute, in one batched call, the mel frames it completes."""
+        rows = []
+        for state, audio, flush in additions:
+            if audio.size:
+                state.audio = np.concatenate([state.audio, audio.astype(np.float32, copy=False)])
+            received = state.audio_offset + len(state.audio)
+            if flush:
+                # Zeros after the end: enough for the last frames' windows and for a whole last chunk.
+                frames_total = self.frames_available(received + self.n_fft // 2)
+                missing = (-(state.pending_frames + frames_total - state.next_frame)) % self.shift_frames
+                pad = self.n_fft // 2 + missing * self.hop
+                state.audio = np.concatenate([state.audio, np.zeros(pad, dtype=np.float32)])
+                received += pad
+            last = self.frames_available(received)
+            if last > state.next_frame:
+                rows.append((state, last))
+        if not rows:
             return
-        signal = torch.from_numpy(state.audio).to(self.device)[None, :]
-        length = torch.tensor([signal.shape[1]], device=self.device)
-        features, _ = self.model.preprocessor(input_signal=signal, length=length)
-        first_local = state.next_frame - state.audio_offset // self.hop
-        new = features[0, :, first_local : first_local + last - state.next_frame]
-        state.pending.append(new)
-        state.pending_frames += new.shape[1]
-        state.next_frame = last
-        # Keep the audio under the next frame's window and one sample before it (pre-emphasis).
-        keep_from = max(0, ((last * self.hop - self.n_fft // 2 - 1) // self.hop) * self.hop)
-        state.audio = state.audio[keep_from - state.audio_offset :]
-        state.audio_offset = keep_from
+        # Frames are taken only where their whole window lies inside a row's audio, so the zeros that pad
+        # shorter rows change none of them.
+        lengths = [len(state.audio) for state, _ in rows]
+        signal = np.zeros((len(rows), max(lengths)), dtype=np.float32)
+        for row, (state, _) in enumerate(rows):
+            signal[row, : lengths[row]] = state.audio
+        features, _ = self.model.preprocessor(
+            input_signal=torch.from_numpy(signal).to(self.device),
+            length=torch.tensor(lengths, device=self.device),
+        )
+        for row, (state, last) in enumerate(rows):
+            first_local = state.next_frame - state.audio_offset // self.hop
+            new = features[row, :, first_local : first_local + last - state.next_frame]
+            state.pending.append(new)
+            state.pending_frames += new.shape[1]
+            state.next_frame = last
+            # Keep the audio under the next frame's window and one sample before it (pre-emphasis).
+            keep_from = max(0, ((last * self.hop - self.n_fft // 2 - 1) // self.hop) * self.hop)
+            state.audio = state.audio[keep_from - state.audio_offset :]
+            state.audio_offset = keep_from
 
     def _encode(self, states: list[_StreamState]) -> None:
         chunks = []
@@ -223,15 +235,21 @@ class CacheAwareStreamer:
         log_probs = head(encoder_output=encoded)
         blank = log_probs.shape[-1] - 1
         best, labels = log_probs.max(dim=-1)
-        probs, labels = best.exp().tolist(), labels.tolist()  # plain lists: no tensor indexing per frame
+        # Greedy CTC for the whole batch at once: a frame emits when it is not blank and differs from the
+        # frame before it (the previous chunk's last frame for the first one).
+        previous = torch.tensor([-1 if s.decoder_state is None else s.decoder_state for s in states],
+                                device=labels.device)
+        before = torch.cat([previous[:, None], labels[:, :-1]], dim=1)
+        frames = torch.arange(labels.shape[1], device=labels.device)[None, :]
+        emits = (labels != blank) & (labels != before) & (frames < encoded_len[:, None])
+        rows, times = emits.nonzero(as_tuple=True)
+        for row, t, label, prob in zip(rows.tolist(), times.tolist(), labels[rows, times].tolist(),
+                                       best[rows, times].exp().tolist(), strict=True):
+            states[row].tokens.append((label, states[row].frames_out + t, prob))
+        last = labels.gather(1, (encoded_len - 1).clamp(min=0)[:, None])[:, 0].tolist()
         for row, state in enumerate(states):
-            previous = state.decoder_state
-            for t in range(int(encoded_len[row])):
-                label = labels[row][t]
-                if label != blank and label != previous:
-                    state.tokens.append((label, state.frames_out + t, probs[row][t]))
-                previous = label
-            state.decoder_state = previous
+            if int(encoded_len[row]) > 0:
+                state.decoder_state = last[row]
 
     def _decode_rnnt(self, states: list[_StreamState], encoded: torch.Tensor, encoded_len: torch.Tensor) -> None:
         from nemo.collections.asr.parts.utils.rnnt_utils import Hypothesis
