@@ -11,6 +11,7 @@ import pytest
 
 from nemo_stt.audio import decode_audio
 from nemo_stt.engine.cache_aware_stream import CacheAwareStream, CacheAwareStreamer, supports_cache_aware_streaming
+from nemo_stt.engine.decoding import configure_decoding
 from nemo_stt.engine.model_loading import load_asr_model
 
 from . import tiny_models
@@ -32,6 +33,7 @@ def models(model_paths):
 @pytest.fixture(scope="module", params=["rnnt", "ctc"])
 def streamer(request, models):
     model = models["streaming_hybrid"]
+    configure_decoding(model, request.param)  # as the engine does: timestamps and confidence estimation
     streamer = CacheAwareStreamer(model, request.param, lookahead_ms=None)
     yield streamer
     streamer.close()
@@ -86,6 +88,18 @@ def test_tokens_do_not_depend_on_how_the_audio_is_cut(streamer):
     small = run_stream(streamer, audio, [320, 1600, 77, 4000])
     assert whole, "the random model should emit tokens for the mechanics to be checked"
     assert small == whole
+
+
+def test_token_confidences_come_from_the_model(streamer):
+    async def go():
+        stream = CacheAwareStream(streamer, pause_for_final=1000.0)
+        stream.push(fixture_audio("pilot_train.wav"))
+        await stream._run(flush=True)
+        return [conf for _, _, conf in stream._tokens]
+
+    confidences = asyncio.run(go())
+    assert confidences and all(0.0 <= conf <= 1.0 for conf in confidences)
+    assert len(set(confidences)) > 1, "confidences should be estimated per token, not a constant"
 
 
 def test_streams_stepped_together_give_what_they_give_alone(streamer):
