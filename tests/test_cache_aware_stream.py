@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from nemo_stt.audio import decode_audio
 from nemo_stt.engine.cache_aware_stream import CacheAwareStream, CacheAwareStreamer, supports_cache_aware_streaming
@@ -15,7 +16,7 @@ from nemo_stt.engine.decoding import configure_decoding
 from nemo_stt.engine.model_loading import load_asr_model
 
 from . import tiny_models
-from .conftest import FIXTURES
+from .conftest import FIXTURES, wer
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,6 @@ def test_incremental_features_equal_the_whole_signal_features(streamer):
         streamer._add_features([(state, audio[start : start + 1234], False)])
     streamer._add_features([(state, np.zeros(0, dtype=np.float32), True)])
     incremental = np.concatenate([p.numpy() for p in state.pending], axis=1)
-    import torch
 
     signal = torch.from_numpy(np.concatenate([audio, np.zeros(4000, dtype=np.float32)]))[None]
     whole, _ = streamer.model.preprocessor(input_signal=signal, length=torch.tensor([signal.shape[1]]))
@@ -90,16 +90,26 @@ def test_tokens_do_not_depend_on_how_the_audio_is_cut(streamer):
     assert small == whole
 
 
-def test_token_confidences_come_from_the_model(streamer):
-    async def go():
-        stream = CacheAwareStream(streamer, pause_for_final=1000.0)
-        stream.push(fixture_audio("pilot_train.wav"))
-        await stream._run(flush=True)
-        return [conf for _, _, conf in stream._tokens]
+@pytest.fixture(scope="module", params=["rnnt", "ctc"])
+def demo_streamer(request):
+    model = load_asr_model(None, torch.device("cpu"))  # the demo model, a model of its own for this module
+    configure_decoding(model, request.param)  # as the engine does: timestamps and confidence estimation
+    streamer = CacheAwareStreamer(model, request.param, lookahead_ms=None)
+    yield streamer
+    streamer.close()
 
-    confidences = asyncio.run(go())
-    assert confidences and all(0.0 <= conf <= 1.0 for conf in confidences)
-    assert len(set(confidences)) > 1, "confidences should be estimated per token, not a constant"
+
+def test_token_confidences_come_from_the_model(demo_streamer, fixture_texts):
+    async def go():
+        stream = CacheAwareStream(demo_streamer, pause_for_final=1000.0)
+        stream.push(fixture_audio("red_car.mp3"))
+        return await stream.finish()
+
+    segment = asyncio.run(go())
+    assert wer(fixture_texts["red_car.mp3"], segment.text) <= 0.2
+    confidences = [word.conf for word in segment.words]
+    assert all(0.0 <= conf <= 1.0 for conf in confidences)
+    assert len(set(confidences)) > 1, "confidences should be estimated per word, not a constant"
 
 
 def test_streams_stepped_together_give_what_they_give_alone(streamer):

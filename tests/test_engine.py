@@ -1,3 +1,5 @@
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 
@@ -147,9 +149,10 @@ def test_parallel_workers_give_each_caller_its_own_transcript(fixture_texts):
     engine = Engine(EngineConfig(device="cpu", num_threads=1, batching=BatchPolicy(workers=2, max_batch_items=4)))
     audios = {name: decode_audio(FIXTURES / name, 16000) for name in fixture_texts}
     expected = {name: engine.transcribe(audio).text for name, audio in audios.items()}
-    futures = {(name, i): engine.submit(audios[name]) for i in range(3) for name in audios}
-    assert {key: future.result().text for key, future in futures.items()} == {
-        (name, i): expected[name] for i in range(3) for name in audios}
+    keys = [(name, i) for i in range(3) for name in audios]
+    with ThreadPoolExecutor(8) as callers:
+        texts = list(callers.map(lambda key: engine.transcribe(audios[key[0]]).text, keys))
+    assert dict(zip(keys, texts, strict=True)) == {key: expected[key[0]] for key in keys}
     engine.close()
 
 

@@ -3,6 +3,7 @@
 import argparse
 import json
 import logging
+import os
 import sys
 
 from .service import load_engine
@@ -68,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     transcribe.add_argument("--json", action="store_true", help="print the JSON of POST /transcribe, one per line")
     args = parser.parse_args(argv)
 
+    # stdout carries the transcripts: NeMo, which logs INFO to stdout, is told to log to stderr (it reads
+    # this when it is first imported, which is later).
+    os.environ.setdefault("NEMO_REDIRECT_LOGS_TO_STDERR", "1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     try:

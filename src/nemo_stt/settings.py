@@ -118,8 +118,9 @@ class Settings(BaseSettings):
     """Seconds without any message after which a stream is closed (code 1008)."""
     STREAMING_ENGINE: Literal["auto", "cache_aware", "buffered"] = "auto"
     """auto: cache-aware streaming when the model was trained with a limited right context, else buffered."""
-    STREAMING_LOOKAHEAD_MS: float = Field(default=560, gt=0)
-    """Cache-aware streaming: chunk length in ms; the closest the model was trained with is used."""
+    STREAMING_LOOKAHEAD_MS: float | None = Field(default=None, gt=0)
+    """Cache-aware streaming: chunk length in ms, the closest the model was trained with; unset, the
+    model's default context, with which streaming gives the offline transcript."""
     PUNCTUATION_MODEL: str | None = None
     """Path to a recasepunc model to restore case and punctuation in streaming."""
 

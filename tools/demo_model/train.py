@@ -20,6 +20,7 @@ from pathlib import Path
 import jiwer
 import numpy as np
 import sentencepiece as spm
+import soxr
 import torch
 from omegaconf import OmegaConf
 
@@ -120,8 +121,13 @@ def train_tokenizer(sentences: list[str], out_dir: Path, vocab_size: int) -> Non
     (out_dir / "vocab.txt").write_text("\n".join(vocab) + "\n")
 
 
-def augment(audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Random gain, a little noise and a random lead-in, so that the model is not tied to espeak's clean output."""
+def augment(audio: np.ndarray, rng: np.random.Generator, narrowband: float = 0.0) -> np.ndarray:
+    """Random gain, a little noise and a random lead-in, so that the model is not tied to espeak's clean output.
+
+    With probability `narrowband` the audio first goes through 8 kHz and back, as telephone audio does.
+    """
+    if rng.random() < narrowband:
+        audio = soxr.resample(soxr.resample(audio, SAMPLE_RATE, 8000), 8000, SAMPLE_RATE).astype(np.float32)
     audio = audio * rng.uniform(0.25, 1.0)
     if rng.random() < 0.6:
         rms = float(np.sqrt(np.mean(audio**2)) + 1e-8)
@@ -223,6 +229,10 @@ def main() -> None:
     parser.add_argument("--normalize", default="NA", help="feature normalization: NA (streaming-safe) or per_feature")
     parser.add_argument("--no-augment", action="store_true")
     parser.add_argument("--no-specaug", action="store_true")
+    parser.add_argument("--voice-variants", action="store_true",
+                        help="also espeak's +f/+m voice variants, in training and held-out speech")
+    parser.add_argument("--narrowband", type=float, default=0.0,
+                        help="share of augmented utterances passed through 8 kHz")
     parser.add_argument("--init", type=Path, help="continue training this .nemo (its tokenizer is kept)")
     parser.add_argument("--smoke", action="store_true", help="a few steps on a handful of utterances")
     args = parser.parse_args()
@@ -250,8 +260,8 @@ def main() -> None:
         if not args.init:
             train_tokenizer(train_texts, tokenizer_dir, args.vocab_size)
         started = time.time()
-        train_audio, _ = speak_corpus(train_texts, seed=args.seed)
-        test_audio, _ = speak_corpus(test_texts, seed=args.seed + 1000)
+        train_audio, _ = speak_corpus(train_texts, seed=args.seed, variants=args.voice_variants)
+        test_audio, _ = speak_corpus(test_texts, seed=args.seed + 1000, variants=args.voice_variants)
         hours = sum(len(a) for a in train_audio) / SAMPLE_RATE / 3600
         log.info("synthesized %d + %d utterances (%.2f h) in %.0f s", len(train_audio), len(test_audio), hours,
                  time.time() - started)
@@ -295,7 +305,8 @@ def main() -> None:
                     break
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(step)
-                audios = [train_audio[i] if args.no_augment else augment(train_audio[i], np_rng) for i in batch]
+                audios = [train_audio[i] if args.no_augment else augment(train_audio[i], np_rng, args.narrowband)
+                          for i in batch]
                 signal, signal_len = pad(audios)
                 loss = training_loss(model, signal, signal_len, [tokens[i] for i in batch], ctc_weight)
                 optimizer.zero_grad()

@@ -5,8 +5,8 @@ encoder step for every connection that has a chunk ready, streams at different p
 (NeMo's caches are per batch row). Features are computed incrementally and exactly: a mel frame is
 made once the audio under its whole window has arrived, so a stream needs no re-decoding.
 
-All chunks have the same shape: the first is preceded by zero features and its extra pre-encoded
-frames dropped like the others (NeMo's `pad_and_drop_preencoded`), which is what makes streams at
+All chunks have the same shape: the first is preceded by the features of silence and its extra
+pre-encoded frames dropped like the others (NeMo's `pad_and_drop_preencoded`), which is what makes streams at
 different positions batchable.
 """
 
@@ -77,6 +77,7 @@ class CacheAwareStreamer:
         self.drop_pre_encoded = int(config.drop_extra_pre_encoded)
         self.features = int(encoder._feat_in)
         self.device = next(model.parameters()).device
+        self._silence = self._silence_frame()
         self.max_batch = max_batch
         self.encoder_steps = 0  # batched steps run, and the stream chunks they encoded
         self.chunks_encoded = 0
@@ -101,9 +102,19 @@ class CacheAwareStreamer:
             return default if default in contexts else contexts[0]
         return min(contexts, key=lambda c: abs((c[1] + 1) * frame_seconds * 1000 - lookahead_ms))
 
+    @torch.inference_mode()
+    def _silence_frame(self) -> torch.Tensor:
+        """The mel frame of digital silence, as this model's preprocessor computes it."""
+        samples = 4 * self.n_fft
+        features, _ = self.model.preprocessor(input_signal=torch.zeros(1, samples, device=self.device),
+                                              length=torch.tensor([samples], device=self.device))
+        return features[0, :, features.shape[2] // 2 : features.shape[2] // 2 + 1].clone()
+
     def new_state(self) -> _StreamState:
         caches = self.model.encoder.get_initial_cache_state(batch_size=1, device=self.device)
-        history = torch.zeros(self.features, self.pre_cache_frames, device=self.device)
+        # A stream starts after silence (NeMo's own streaming buffers start the same way): its first chunk
+        # then has the shape of all the others, so that streams at any position batch together.
+        history = self._silence.expand(self.features, self.pre_cache_frames).clone()
         return _StreamState(caches=caches, feature_history=history)
 
     def frames_available(self, received_samples: int) -> int:
