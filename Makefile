@@ -35,8 +35,8 @@ lint: $(INSTALLED)
 	$(VENV)/bin/ruff check .
 
 # In stages: the encoder learns with CTC alone on clean speech (a hybrid loss from scratch stays stuck
-# on blanks), then the RNNT decoder joins with the hybrid loss and augmented audio, then a last pass
-# weighs RNNT more at a lower learning rate.
+# on blanks), then the RNNT decoder joins with the hybrid loss and augmented audio, then RNNT is
+# weighed more at a lower learning rate, then more voices and narrowband audio come in.
 DEMO_TRAIN := $(PY) tools/demo_model/train.py --train-utterances 4000 --short-phrases 1000 --batch-seconds 100 \
     --eval-every 250
 DEMO_MODEL := src/nemo_stt/assets/demo-en-fastconformer.nemo
@@ -46,8 +46,10 @@ demo-model: $(INSTALLED)
 	    --lr 1e-3 --warmup 150
 	$(DEMO_TRAIN) --out build/demo-hybrid.nemo --init build/demo-ctc.nemo --steps 1000 --no-specaug \
 	    --lr 5e-4 --warmup 100
-	$(DEMO_TRAIN) --out $(DEMO_MODEL) --init build/demo-hybrid.nemo --steps 1000 --no-specaug \
+	$(DEMO_TRAIN) --out build/demo-rnnt.nemo --init build/demo-hybrid.nemo --steps 1000 --no-specaug \
 	    --lr 3e-4 --warmup 50 --ctc-weight 0.3
+	$(DEMO_TRAIN) --out $(DEMO_MODEL) --init build/demo-rnnt.nemo --steps 1000 --no-specaug \
+	    --lr 3e-4 --warmup 50 --ctc-weight 0.3 --voice-variants --narrowband 0.2
 
 fixtures: $(INSTALLED)
 	$(PY) tools/make_fixtures.py tests/fixtures

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import torch
 
 from nemo_stt.engine import Engine, EngineConfig
@@ -24,6 +25,30 @@ def test_the_training_script_produces_a_loadable_streaming_hybrid_model(tmp_path
     engine = Engine(EngineConfig(model=str(out), device="cpu", num_threads=1))
     assert engine.family == "hybrid"
     assert len(engine.model.encoder.att_context_size_all) == 3
+    # The later stages of the recipe: continue from a model, with voice variants and narrowband audio.
+    later = tmp_path / "later.nemo"
+    completed = subprocess.run(
+        [sys.executable, str(REPO / "tools/demo_model/train.py"), "--smoke", "--out", str(later), "--init", str(out),
+         "--voice-variants", "--narrowband", "0.5", "--ctc-weight", "0.3"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert json.loads(later.with_suffix(".metrics.json").read_text())["steps"] == 3
+
+
+def test_narrowband_augmentation_removes_what_lies_above_4_khz():
+    sys.path.insert(0, str(REPO / "tools/demo_model"))
+    from train import augment
+
+    rng = np.random.default_rng(0)
+    audio = rng.normal(0, 0.1, 16000).astype(np.float32)  # white noise: energy at every frequency
+    wide, narrow = augment(audio, np.random.default_rng(1)), augment(audio, np.random.default_rng(1), narrowband=1.0)
+
+    def high_band_share(signal: np.ndarray) -> float:
+        power = np.abs(np.fft.rfft(signal)) ** 2
+        return power[len(power) // 2 + len(power) // 20 :].sum() / power.sum()  # above 4.4 kHz
+
+    assert high_band_share(wide) > 0.3 and high_band_share(narrow) < 0.05
 
 
 def test_the_vectorised_rnnt_loss_matches_nemos_reference():

@@ -5,9 +5,11 @@ encoder step for every connection that has a chunk ready, streams at different p
 (NeMo's caches are per batch row). Features are computed incrementally and exactly: a mel frame is
 made once the audio under its whole window has arrived, so a stream needs no re-decoding.
 
-All chunks have the same shape: the first is preceded by the features of silence and its extra
-pre-encoded frames dropped like the others (NeMo's `pad_and_drop_preencoded`), which is what makes streams at
-different positions batchable.
+Chunks are laid out as NeMo's cache-aware streaming lays them out: a first chunk a few frames shorter,
+with no feature history, then chunks of one size, each preceded by the last frames of the one before.
+With the model's default context this gives exactly the offline encoder output. Streams' first chunks
+are encoded together, and so are their later chunks, whatever the streams' positions; the last chunk
+of a stream is padded to the common size and its real length passed, so that the padding is masked.
 """
 
 import asyncio
@@ -45,6 +47,9 @@ class _StreamState:
 
     caches: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     feature_history: torch.Tensor  # the last pre-encode-cache frames before the next chunk
+    started: bool = False  # whether the first chunk was encoded
+    real_frames: int | None = None  # once the stream ends: how many of its mel frames are not padding
+    frames_encoded: int = 0  # mel frames consumed by encoder steps
     audio: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
     audio_offset: int = 0  # stream sample index of audio[0], a multiple of the hop
     next_frame: int = 0  # index of the next mel frame to compute
@@ -73,11 +78,11 @@ class CacheAwareStreamer:
         encoder.set_default_att_context_size(self.att_context_size)
         config = encoder.streaming_cfg
         self.shift_frames = int(_second(config.shift_size))
+        self.first_frames = int(_first(config.shift_size))
         self.pre_cache_frames = int(_second(config.pre_encode_cache_size))
         self.drop_pre_encoded = int(config.drop_extra_pre_encoded)
         self.features = int(encoder._feat_in)
         self.device = next(model.parameters()).device
-        self._silence = self._silence_frame()
         self.max_batch = max_batch
         self.encoder_steps = 0  # batched steps run, and the stream chunks they encoded
         self.chunks_encoded = 0
@@ -102,20 +107,13 @@ class CacheAwareStreamer:
             return default if default in contexts else contexts[0]
         return min(contexts, key=lambda c: abs((c[1] + 1) * frame_seconds * 1000 - lookahead_ms))
 
-    @torch.inference_mode()
-    def _silence_frame(self) -> torch.Tensor:
-        """The mel frame of digital silence, as this model's preprocessor computes it."""
-        samples = 4 * self.n_fft
-        features, _ = self.model.preprocessor(input_signal=torch.zeros(1, samples, device=self.device),
-                                              length=torch.tensor([samples], device=self.device))
-        return features[0, :, features.shape[2] // 2 : features.shape[2] // 2 + 1].clone()
-
     def new_state(self) -> _StreamState:
         caches = self.model.encoder.get_initial_cache_state(batch_size=1, device=self.device)
-        # A stream starts after silence (NeMo's own streaming buffers start the same way): its first chunk
-        # then has the shape of all the others, so that streams at any position batch together.
-        history = self._silence.expand(self.features, self.pre_cache_frames).clone()
-        return _StreamState(caches=caches, feature_history=history)
+        return _StreamState(caches=caches, feature_history=torch.zeros(self.features, 0, device=self.device))
+
+    def frames_needed(self, state: _StreamState) -> int:
+        """Mel frames that the stream's next chunk takes."""
+        return self.shift_frames if state.started else self.first_frames
 
     def frames_available(self, received_samples: int) -> int:
         """Mel frames whose whole window lies within the first `received_samples` samples."""
@@ -162,11 +160,14 @@ class CacheAwareStreamer:
         self._add_features([(state, audio, flush) for state, _, audio, flush in work])
         # Every stream with a whole chunk takes part in each encoder step until none has one left.
         while True:
-            ready = [state for state, *_ in work if state.pending_frames >= self.shift_frames]
+            ready = [state for state, *_ in work if state.pending_frames >= self.frames_needed(state)]
             if not ready:
                 break
-            for start in range(0, len(ready), self.max_batch):
-                self._encode(ready[start : start + self.max_batch])
+            # First chunks have a shape of their own: they are encoded together, then the others.
+            firsts = [state for state in ready if not state.started]
+            group = firsts or ready
+            for start in range(0, len(group), self.max_batch):
+                self._encode(group[start : start + self.max_batch], first=bool(firsts))
         for _, future, _, _ in work:
             if not future.done():
                 future.set_result(None)
@@ -181,7 +182,14 @@ class CacheAwareStreamer:
             if flush:
                 # Zeros after the end: enough for the last frames' windows and for a whole last chunk.
                 frames_total = self.frames_available(received + self.n_fft // 2)
-                missing = (-(state.pending_frames + frames_total - state.next_frame)) % self.shift_frames
+                state.real_frames = received // self.hop + 1  # as many as offline feature extraction makes
+                available = state.pending_frames + frames_total - state.next_frame
+                if state.started:
+                    missing = -available % self.shift_frames
+                elif available <= self.first_frames:
+                    missing = self.first_frames - available
+                else:
+                    missing = -(available - self.first_frames) % self.shift_frames
                 pad = self.n_fft // 2 + missing * self.hop
                 state.audio = np.concatenate([state.audio, np.zeros(pad, dtype=np.float32)])
                 received += pad
@@ -211,24 +219,29 @@ class CacheAwareStreamer:
             state.audio = state.audio[keep_from - state.audio_offset :]
             state.audio_offset = keep_from
 
-    def _encode(self, states: list[_StreamState]) -> None:
-        chunks = []
+    def _encode(self, states: list[_StreamState], first: bool) -> None:
+        size = self.first_frames if first else self.shift_frames
+        chunks, lengths = [], []
         for state in states:
             pending = torch.cat(state.pending, dim=1) if len(state.pending) > 1 else state.pending[0]
-            chunk, rest = pending[:, : self.shift_frames], pending[:, self.shift_frames :]
+            chunk, rest = pending[:, :size], pending[:, size:]
             state.pending = [rest] if rest.shape[1] else []
             state.pending_frames = rest.shape[1]
+            real = size if state.real_frames is None else max(0, min(size, state.real_frames - state.frames_encoded))
+            state.frames_encoded += size
             chunks.append(torch.cat([state.feature_history, chunk], dim=1))
-            state.feature_history = chunks[-1][:, chunks[-1].shape[1] - self.pre_cache_frames :]
+            lengths.append(state.feature_history.shape[1] + real)
+            state.feature_history = chunk[:, size - self.pre_cache_frames :]
+            state.started = True
         signal = torch.stack(chunks)
-        lengths = torch.full((len(states),), signal.shape[2], dtype=torch.long, device=self.device)
+        lengths = torch.tensor(lengths, dtype=torch.long, device=self.device)
         cache_channel = torch.cat([s.caches[0] for s in states], dim=1)
         cache_time = torch.cat([s.caches[1] for s in states], dim=1)
         cache_len = torch.cat([s.caches[2] for s in states], dim=0)
         encoded, encoded_len, cache_channel, cache_time, cache_len = self.model.encoder.cache_aware_stream_step(
             processed_signal=signal, processed_signal_length=lengths, cache_last_channel=cache_channel,
             cache_last_time=cache_time, cache_last_channel_len=cache_len, keep_all_outputs=False,
-            drop_extra_pre_encoded=self.drop_pre_encoded,
+            drop_extra_pre_encoded=0 if first else self.drop_pre_encoded,
         )
         for row, state in enumerate(states):
             state.caches = (cache_channel[:, row : row + 1], cache_time[:, row : row + 1], cache_len[row : row + 1])
@@ -265,8 +278,8 @@ class CacheAwareStreamer:
     def _decode_rnnt(self, states: list[_StreamState], encoded: torch.Tensor, encoded_len: torch.Tensor) -> None:
         from nemo.collections.asr.parts.utils.rnnt_utils import Hypothesis
 
-        # Fresh hypotheses carrying only the decoder state: NeMo appends this chunk's tokens to them,
-        # with times counted from the chunk's first frame.
+        # Fresh hypotheses carrying only the decoder state: NeMo appends this chunk's tokens to them, with
+        # times counted from the stream's first frame (the state holds how many frames were decoded).
         partial = [Hypothesis(score=0.0, y_sequence=None, dec_state=s.decoder_state) if s.decoder_state is not None
                    else None for s in states]
         (hypotheses,) = self.model.decoding.decoding(
@@ -278,12 +291,16 @@ class CacheAwareStreamer:
             confidences = _as_list(getattr(hypothesis, "non_blank_step_confidence_precomputed", None))
             for index, token in enumerate(ids):
                 conf = float(confidences[index]) if index < len(confidences) else 1.0
-                state.tokens.append((int(token), state.frames_out + int(times[index]), conf))
+                state.tokens.append((int(token), int(times[index]), conf))
             state.decoder_state = hypothesis.dec_state
 
 
+def _first(value):
+    """NeMo gives [first chunk, other chunks] for some streaming sizes, one value when they are equal."""
+    return value[0] if isinstance(value, list) else value
+
+
 def _second(value):
-    """NeMo gives [first chunk, other chunks] for some streaming sizes; with padded first chunks all are the second."""
     return value[1] if isinstance(value, list) else value
 
 
@@ -319,7 +336,7 @@ class CacheAwareStream:
 
     def ready(self) -> bool:
         frames = self.streamer.frames_available(self._received) - self._state.next_frame
-        return frames + self._state.pending_frames >= self.streamer.shift_frames
+        return frames + self._state.pending_frames >= self.streamer.frames_needed(self._state)
 
     def partial_text(self) -> str:
         return self._tokenizer.ids_to_text([token for token, _, _ in self._tokens]).strip()
