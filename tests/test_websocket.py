@@ -14,7 +14,7 @@ from websockets.exceptions import ConnectionClosed
 
 from nemo_stt.audio import decode_audio
 
-from .conftest import FIXTURES, free_port, wer
+from .conftest import FIXTURES, OWN_TEXT_MAX_WER, free_port, wer
 
 
 class StreamingServerProcess:
@@ -109,7 +109,7 @@ def test_faster_than_real_time_and_another_sample_rate(server, fixture_texts):
     audio = speech_with_pauses(names, 8000)
     messages = asyncio.run(stream(server.url, audio, 8000, speed=4.0))
     reference = " ".join(fixture_texts[n] for n in names)
-    assert wer(reference, finals_text(messages)) <= 0.35
+    assert wer(reference, finals_text(messages)) <= OWN_TEXT_MAX_WER
 
 
 def test_ten_connections_at_once_each_get_their_own_text(server, fixture_texts):
@@ -122,7 +122,7 @@ def test_ten_connections_at_once_each_get_their_own_text(server, fixture_texts):
 
     results = asyncio.run(all_streams())
     for index, messages in enumerate(results):
-        assert wer(fixture_texts[names[index % len(names)]], finals_text(messages)) <= 0.35, index
+        assert wer(fixture_texts[names[index % len(names)]], finals_text(messages)) <= OWN_TEXT_MAX_WER, index
 
 
 async def expect_close(url: str, *messages, wait: float = 10.0) -> tuple[int, str]:
@@ -155,7 +155,7 @@ def test_bad_input_closes_that_connection_with_a_code_and_reason(server, message
 
     (close_code, close_reason), good_messages = asyncio.run(scenario())
     assert close_code == code and reason in close_reason
-    assert wer(fixture_texts["red_car.mp3"], finals_text(good_messages)) <= 0.35
+    assert wer(fixture_texts["red_car.mp3"], finals_text(good_messages)) <= OWN_TEXT_MAX_WER
 
 
 def test_more_connections_than_the_cap_are_told_to_retry_later(server):
