@@ -3,9 +3,9 @@
     python benchmarks/service_overhead.py                                  # demo model
     python benchmarks/service_overhead.py --model build/bench-medium.nemo --architecture hybrid_bpe_ctc
 
-In one run: the raw model (preprocessor, encoder and decoding called directly, 2 threads) and then
-`nemo-stt serve` (HTTP, one request at a time, same threads) on the same file, each several times;
-prints the median real-time factor of each (audio seconds per second) and their ratio.
+In one run: the raw model (preprocessor, encoder and decoding called directly, 2 threads) and
+`nemo-stt serve` (HTTP, one request at a time, same threads) on the same file, in alternation,
+several times; prints the median real-time factor of each (audio seconds per second) and their ratio.
 """
 
 import argparse
@@ -45,8 +45,15 @@ def make_minute(path: Path, seconds: float = 60.0) -> float:
     return len(audio) / SAMPLE_RATE
 
 
-def raw_rtfx(model: str | None, architecture: str | None, path: Path, repeats: int) -> tuple[float, str]:
+def measure(model: str | None, architecture: str | None, path: Path, repeats: int) -> dict:
+    """Median seconds of the raw forward and of `POST /transcribe`, measured in alternation.
+
+    Alternating the two (raw, service, raw, service...) keeps this machine's drifts in speed out of
+    their ratio. The raw model runs in this process; the server in its own, idle while the raw runs.
+    """
+    import httpx
     import torch
+    from conftest import ServerProcess
 
     from nemo_stt.audio import decode_audio
     from nemo_stt.engine.decoding import configure_decoding, select_decoder
@@ -59,19 +66,7 @@ def raw_rtfx(model: str | None, architecture: str | None, path: Path, repeats: i
     configure_decoding(loaded, decoder)
     transcriber = Transcriber(loaded, decoder)
     audio = decode_audio(path, transcriber.sample_rate)
-    text = transcriber.transcribe_batch([audio])[0].text  # warm-up
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        transcriber.transcribe_batch([audio])
-        times.append(time.perf_counter() - started)
-    return len(audio) / transcriber.sample_rate / statistics.median(times), text
-
-
-def service_rtfx(model: str | None, architecture: str | None, path: Path, duration: float,
-                 repeats: int) -> tuple[float, str]:
-    import httpx
-    from conftest import ServerProcess
+    raw_text = transcriber.transcribe_batch([audio])[0].text  # warm-up
 
     env = {"VAD": "false", "CONCURRENCY": "0", "NUM_THREADS": "2", "DEVICE": "cpu"}
     if model:
@@ -80,17 +75,26 @@ def service_rtfx(model: str | None, architecture: str | None, path: Path, durati
         env["ARCHITECTURE"] = architecture
     server = ServerProcess(env)
     data = path.read_bytes()
+    raw_times, service_times = [], []
     try:
         with httpx.Client(timeout=600) as http:
-            text = http.post(f"{server.url}/transcribe", files={"file": (path.name, data)}).json()["text"]
-            times = []
+            def post():
+                response = http.post(f"{server.url}/transcribe", files={"file": (path.name, data)})
+                response.raise_for_status()
+                return response.json()["text"]
+
+            service_text = post()  # warm-up
             for _ in range(repeats):
                 started = time.perf_counter()
-                http.post(f"{server.url}/transcribe", files={"file": (path.name, data)}).raise_for_status()
-                times.append(time.perf_counter() - started)
+                transcriber.transcribe_batch([audio])
+                raw_times.append(time.perf_counter() - started)
+                started = time.perf_counter()
+                post()
+                service_times.append(time.perf_counter() - started)
     finally:
         server.stop()
-    return duration / statistics.median(times), text
+    return {"raw": statistics.median(raw_times), "service": statistics.median(service_times),
+            "same_text": raw_text == service_text}
 
 
 def main() -> None:
@@ -104,13 +108,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         path = Path(work) / "minute.wav"
         duration = make_minute(path)
-        raw, raw_text = raw_rtfx(args.model, args.architecture, path, args.repeats)
-        service, service_text = service_rtfx(args.model, args.architecture, path, duration, args.repeats)
+        result = measure(args.model, args.architecture, path, args.repeats)
+    raw, service = duration / result["raw"], duration / result["service"]
     print(f"model: {args.model or 'demo'} ({args.architecture or 'default decoder'}); "
           f"{duration:.0f}-s file; {os.cpu_count()} cores, 2 threads")
     print(f"raw model forward:  RTFx {raw:7.1f}")
     print(f"POST /transcribe:   RTFx {service:7.1f}")
-    print(f"service / raw:      {service / raw:.3f}  (same text: {service_text == raw_text})")
+    print(f"service / raw:      {service / raw:.3f}  (same text: {result['same_text']})")
 
 
 if __name__ == "__main__":

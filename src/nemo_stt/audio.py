@@ -66,15 +66,20 @@ class AudioStream:
     def __iter__(self) -> Iterator[np.ndarray]:
         converter = av.AudioResampler(format="fltp")  # any sample format to planar float, same layout and rate
         rate_converter = None
+        same_rate = None
         produced = False
         try:
             for frame in self._container.decode(self._stream):
-                if rate_converter is None:
-                    rate_converter = soxr.ResampleStream(frame.sample_rate, self.sample_rate, 1, dtype="float32")
+                if same_rate is None:
+                    same_rate = frame.sample_rate == self.sample_rate
+                    if not same_rate:
+                        rate_converter = soxr.ResampleStream(frame.sample_rate, self.sample_rate, 1,
+                                                             dtype="float32")
                 for converted in converter.resample(frame):
                     # Average the channels: keeps the level of a centred voice and never clips.
-                    mono = converted.to_ndarray().mean(axis=0, dtype=np.float32)
-                    block = rate_converter.resample_chunk(mono)
+                    planes = converted.to_ndarray()
+                    mono = planes[0].copy() if len(planes) == 1 else planes.mean(axis=0, dtype=np.float32)
+                    block = mono if same_rate else rate_converter.resample_chunk(mono)
                     if block.size:
                         produced = True
                         yield block
