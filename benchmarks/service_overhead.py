@@ -88,9 +88,13 @@ def measure(model: str | None, architecture: str | None, path: Path, repeats: in
                 started = time.perf_counter()
                 transcriber.transcribe_batch([audio])
                 raw_times.append(time.perf_counter() - started)
+                # OpenMP threads spin for a while after their work: let this process's go quiet before
+                # the server runs, and the server's before the next raw run.
+                time.sleep(1.0)
                 started = time.perf_counter()
                 post()
                 service_times.append(time.perf_counter() - started)
+                time.sleep(1.0)
     finally:
         server.stop()
     return {"raw": statistics.median(raw_times), "service": statistics.median(service_times),
