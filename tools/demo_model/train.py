@@ -20,9 +20,10 @@ from pathlib import Path
 import jiwer
 import numpy as np
 import sentencepiece as spm
-import soxr
 import torch
 from omegaconf import OmegaConf
+
+from nemo_stt.audio import resample
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rnnt_loss import rnnt_loss
@@ -127,7 +128,7 @@ def augment(audio: np.ndarray, rng: np.random.Generator, narrowband: float = 0.0
     With probability `narrowband` the audio first goes through 8 kHz and back, as telephone audio does.
     """
     if rng.random() < narrowband:
-        audio = soxr.resample(soxr.resample(audio, SAMPLE_RATE, 8000), 8000, SAMPLE_RATE).astype(np.float32)
+        audio = resample(resample(audio, SAMPLE_RATE, 8000), 8000, SAMPLE_RATE)
     audio = audio * rng.uniform(0.25, 1.0)
     if rng.random() < 0.6:
         rms = float(np.sqrt(np.mean(audio**2)) + 1e-8)

@@ -47,9 +47,7 @@ class _StreamState:
 
     caches: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     feature_history: torch.Tensor  # the last pre-encode-cache frames before the next chunk
-    started: bool = False  # whether the first chunk was encoded
     real_frames: int | None = None  # once the stream ends: how many of its mel frames are not padding
-    frames_encoded: int = 0  # mel frames consumed by encoder steps
     audio: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
     audio_offset: int = 0  # stream sample index of audio[0], a multiple of the hop
     next_frame: int = 0  # index of the next mel frame to compute
@@ -58,6 +56,16 @@ class _StreamState:
     frames_out: int = 0  # encoder frames decoded so far
     decoder_state: object = None  # RNNT: NeMo's decoder state; CTC: the last frame's label
     tokens: list[tuple[int, int, float]] = field(default_factory=list)  # (id, encoder frame, confidence)
+
+    @property
+    def frames_encoded(self) -> int:
+        """Mel frames consumed by encoder steps."""
+        return self.next_frame - self.pending_frames
+
+    @property
+    def started(self) -> bool:
+        """Whether the first chunk was encoded."""
+        return self.frames_encoded > 0
 
 
 class CacheAwareStreamer:
@@ -223,16 +231,14 @@ class CacheAwareStreamer:
         size = self.first_frames if first else self.shift_frames
         chunks, lengths = [], []
         for state in states:
+            real = size if state.real_frames is None else max(0, min(size, state.real_frames - state.frames_encoded))
             pending = torch.cat(state.pending, dim=1) if len(state.pending) > 1 else state.pending[0]
             chunk, rest = pending[:, :size], pending[:, size:]
             state.pending = [rest] if rest.shape[1] else []
             state.pending_frames = rest.shape[1]
-            real = size if state.real_frames is None else max(0, min(size, state.real_frames - state.frames_encoded))
-            state.frames_encoded += size
             chunks.append(torch.cat([state.feature_history, chunk], dim=1))
             lengths.append(state.feature_history.shape[1] + real)
             state.feature_history = chunk[:, size - self.pre_cache_frames :]
-            state.started = True
         signal = torch.stack(chunks)
         lengths = torch.tensor(lengths, dtype=torch.long, device=self.device)
         cache_channel = torch.cat([s.caches[0] for s in states], dim=1)
