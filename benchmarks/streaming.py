@@ -7,7 +7,7 @@ For each engine (cache-aware, buffered) a `nemo-stt serve` websocket process is 
 clients stream espeak speech with pauses at real-time pace (0.1-s packets), for N = 1, 2, 4, ...
 until the p95 partial latency passes the limit. A partial's latency is its arrival time minus the
 time the last audio it accounts for (its "decoded" key) was sent. Final latency is measured from the
-end of each spoken sentence to the next final. CPU cost is the server process's CPU seconds per
+end of each sentence's speech to the next final. CPU cost is the server process's CPU seconds per
 streamed audio second.
 """
 
@@ -31,16 +31,16 @@ PACKET = 0.1
 
 
 def stream_audio(pause: float) -> tuple[np.ndarray, list[float]]:
-    """Four fixture sentences, each followed by `pause` seconds of silence; also the end time of each sentence."""
+    """Four fixture sentences, each followed by `pause` seconds of silence; also where each one's speech ends
+    (its last sample above -40 dBFS: the files end with some silence of their own)."""
     from nemo_stt.audio import decode_audio
 
     pieces, ends, total = [], [], 0
     for name in ("anna_bread.wav", "red_car.mp3", "doctor_letter.ogg", "teacher_book.webm"):
         speech = decode_audio(REPO / "tests" / "fixtures" / name, RATE)
         pieces += [speech, np.zeros(int(pause * RATE), dtype=np.float32)]
-        total += len(speech)
-        ends.append(total / RATE)
-        total += int(pause * RATE)
+        ends.append((total + np.flatnonzero(np.abs(speech) > 0.01)[-1] + 1) / RATE)
+        total += len(speech) + int(pause * RATE)
     return np.concatenate(pieces), ends
 
 

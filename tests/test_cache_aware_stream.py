@@ -17,7 +17,7 @@ from nemo_stt.engine.model_loading import load_asr_model
 from nemo_stt.engine.transcriber import Transcriber
 
 from . import tiny_models
-from .conftest import FIXTURES, wer
+from .conftest import FIXTURES, OWN_TEXT_MAX_WER, wer
 
 
 @pytest.fixture(scope="module")
@@ -188,3 +188,37 @@ def test_a_step_whose_caller_is_cancelled_loses_no_tokens(streamer):
         return [(token, frame) for token, frame, _ in stream._tokens]
 
     assert asyncio.run(go()) == expected
+
+
+def test_a_final_comes_once_the_pause_has_been_received_without_waiting_for_its_decoding(demo_streamer,
+                                                                                          fixture_texts):
+    # 0.1-s packets at a sample-exact pace; the final must come when `pause` seconds of quiet audio have
+    # arrived after the last word, not up to a chunk later when that audio has been decoded.
+    pause = 1.0
+    speech = fixture_audio("red_car.mp3")
+    audio = np.concatenate([speech, np.zeros(3 * 16000, np.float32), speech, np.zeros(8000, np.float32)])
+
+    async def go():
+        stream = CacheAwareStream(demo_streamer, pause_for_final=pause)
+        finals = []
+        for start in range(0, len(audio), 1600):
+            stream.push(audio[start : start + 1600])
+            while stream.ready():
+                segment = await stream.step()
+                if segment is not None:
+                    finals.append((segment, (start + 1600) / 16000))
+            segment = stream.pause_final()
+            if segment is not None:
+                finals.append((segment, (start + 1600) / 16000))
+        return finals, await stream.finish()
+
+    finals, last = asyncio.run(go())
+    assert len(finals) == 1
+    segment, received_at = finals[0]
+    speech_end = len(speech) / 16000
+    # The same sentence twice, cut at the pause.
+    assert wer(fixture_texts["red_car.mp3"], segment.text) <= OWN_TEXT_MAX_WER
+    assert wer(fixture_texts["red_car.mp3"], last.text) <= OWN_TEXT_MAX_WER
+    assert segment.end <= speech_end + 0.2
+    assert received_at - speech_end <= pause + 0.2
+    assert received_at - segment.end >= pause

@@ -147,6 +147,10 @@ class StreamingServer:
                     await sender.final(segment)
                 else:
                     await sender.partial(stream.partial_text(), stream.decoded_seconds)
+            # A pause can close a final between decodes, as soon as enough quiet audio has arrived.
+            segment = stream.pause_final()
+            if segment is not None:
+                await sender.final(segment)
 
     def _parse_config(self, message) -> int:
         if isinstance(message, bytes):

@@ -16,6 +16,10 @@ import numpy as np
 
 from ..results import Transcript, Word
 from .batcher import QueueFull
+from .speech_energy import SpeechEnergy
+
+# The end of a decoded buffer whose words may still change with more audio.
+UNSETTLED_SECONDS = 0.3
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,7 @@ class BufferedStream:
         self._buffer = np.zeros(0, dtype=np.float32)
         self._buffer_start = 0.0  # stream time of the buffer's first sample
         self._received = 0  # samples since the start of the stream
+        self._energy = SpeechEnergy(sample_rate)
         self._decoded_up_to = 0  # samples of the stream covered by the last decode
         self._confirmed: list[Word] = []  # confirmed, not yet sent in a final
         self._tentative: list[Word] = []  # the last decode's words after the confirmed ones
@@ -63,6 +68,7 @@ class BufferedStream:
     def push(self, audio: np.ndarray) -> None:
         self._chunks.append(audio)
         self._received += len(audio)
+        self._energy.push(audio)
 
     def ready(self) -> bool:
         return (self._received - self._decoded_up_to) / self.rate >= self.params.min_chunk
@@ -81,6 +87,18 @@ class BufferedStream:
             self._trim(self._buffer_start + len(self._buffer) / self.rate - 1.0)  # silence: keep the last second
         elif len(self._buffer) / self.rate > self.params.buffer_trimming_sec and self._confirmed:
             self._trim(self._confirmed[-1].end)
+        return None
+
+    def pause_final(self) -> Segment | None:
+        """The words since the last final, once `pause_for_final` seconds of received audio follow them
+        and the audio not yet decoded is quiet: no need to wait for the next decode."""
+        words = self._confirmed + self._tentative
+        if not words:
+            return None
+        settled = self.decoded_seconds - UNSETTLED_SECONDS
+        if self._received / self.rate - words[-1].end >= self.params.pause_for_final \
+                and self._energy.last_loud_seconds <= settled:
+            return self._close_segment(keep_from=words[-1].end)
         return None
 
     async def finish(self) -> Segment:

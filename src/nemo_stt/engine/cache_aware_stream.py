@@ -25,8 +25,12 @@ import torch
 from ..results import Word
 from .buffered_stream import Segment
 from .decoding import DecoderKind
+from .speech_energy import SpeechEnergy
 
 log = logging.getLogger(__name__)
+
+# Encoder frames at the end of the decoded audio whose words may still come with the next chunk.
+UNSETTLED_FRAMES = 4
 
 
 def supports_cache_aware_streaming(model) -> bool:
@@ -328,6 +332,7 @@ class CacheAwareStream:
         self._state = streamer.new_state()
         self._unsent: list[np.ndarray] = []
         self._received = 0
+        self._energy = SpeechEnergy(streamer.sample_rate)
         self._tokens: list[tuple[int, int, float]] = []  # since the last final
         self._in_flight: asyncio.Future | None = None
 
@@ -339,6 +344,7 @@ class CacheAwareStream:
     def push(self, audio: np.ndarray) -> None:
         self._unsent.append(audio)
         self._received += len(audio)
+        self._energy.push(audio)
 
     def ready(self) -> bool:
         frames = self.streamer.frames_available(self._received) - self._state.next_frame
@@ -349,10 +355,26 @@ class CacheAwareStream:
 
     async def step(self) -> Segment | None:
         await self._run(flush=False)
-        if self._tokens:
-            last_token_end = (self._tokens[-1][1] + 1) * self.streamer.frame_seconds
-            if self.decoded_seconds - last_token_end >= self.pause_for_final:
-                return self._close_segment()
+        return self.pause_final()
+
+    def pause_final(self) -> Segment | None:
+        """The words since the last final, once a pause of `pause_for_final` follows them.
+
+        The pause is counted in received audio, so a final needs no decoding of its last chunk, as long
+        as the audio past the decoded part is quiet (or, if loud, produced no words once decoded). Loud
+        audio just before the end of the decoded part counts as undecoded: a chunk's last frames see
+        little right context, and their words may come out with the next chunk.
+        """
+        if not self._tokens or self._in_flight is not None:
+            return None
+        last_token_end = (self._tokens[-1][1] + 1) * self.streamer.frame_seconds
+        received = self._received / self.streamer.sample_rate
+        settled = self.decoded_seconds - UNSETTLED_FRAMES * self.streamer.frame_seconds
+        quiet_tail = self._energy.last_loud_seconds <= settled
+        if received - last_token_end >= self.pause_for_final and quiet_tail:
+            return self._close_segment()
+        if self.decoded_seconds - last_token_end >= self.pause_for_final:  # a wordless pause, loud or not
+            return self._close_segment()
         return None
 
     async def finish(self) -> Segment:
