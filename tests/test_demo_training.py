@@ -25,15 +25,18 @@ def test_the_training_script_produces_a_loadable_streaming_hybrid_model(tmp_path
     engine = Engine(EngineConfig(model=str(out), device="cpu", num_threads=1))
     assert engine.family == "hybrid"
     assert len(engine.model.encoder.att_context_size_all) == 3
-    # The later stages of the recipe: continue from a model, with voice variants and narrowband audio.
+    # The later stages of the recipe: continue from a model, with voice variants, narrowband audio and
+    # utterances joined into longer recordings.
     later = tmp_path / "later.nemo"
     completed = subprocess.run(
         [sys.executable, str(REPO / "tools/demo_model/train.py"), "--smoke", "--out", str(later), "--init", str(out),
-         "--voice-variants", "--narrowband", "0.5", "--ctc-weight", "0.3"],
+         "--voice-variants", "--narrowband", "0.5", "--ctc-weight", "0.3", "--joined", "0.5"],
         capture_output=True, text=True, timeout=300,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
-    assert json.loads(later.with_suffix(".metrics.json").read_text())["steps"] == 3
+    later_metrics = json.loads(later.with_suffix(".metrics.json").read_text())
+    assert later_metrics["steps"] == 3
+    assert 0 <= later_metrics["wer_rnnt_joined"] <= 100  # held-out utterances joined into a long recording
 
 
 def test_narrowband_augmentation_removes_what_lies_above_4_khz():

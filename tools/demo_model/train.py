@@ -185,6 +185,25 @@ def training_loss(model, signal, signal_len, tokens: list[list[int]], ctc_weight
     return (1 - ctc_weight) * loss_rnnt + ctc_weight * loss_ctc
 
 
+def join_with_pauses(audios: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    """One recording of several utterances, with a 0.1 to 1.5-s pause between each two."""
+    parts = []
+    for index, audio in enumerate(audios):
+        if index:
+            parts.append(np.zeros(int(rng.uniform(0.1, 1.5) * SAMPLE_RATE), dtype=np.float32))
+        parts.append(audio)
+    return np.concatenate(parts)
+
+
+def long_test_set(audios: list[np.ndarray], texts: list[str], per_recording: int = 6
+                  ) -> tuple[list[np.ndarray], list[str]]:
+    """Held-out utterances joined six at a time (about 20 to 30 s): how the model copes with long audio."""
+    rng = np.random.default_rng(0)
+    groups = range(0, len(audios) - per_recording + 1, per_recording)
+    return ([join_with_pauses(audios[i : i + per_recording], rng) for i in groups],
+            [" ".join(texts[i : i + per_recording]) for i in groups])
+
+
 @torch.inference_mode()
 def evaluate(model, audios: list[np.ndarray], texts: list[str], batch_size: int = 32) -> dict:
     model.eval()
@@ -234,6 +253,9 @@ def main() -> None:
                         help="also espeak's +f/+m voice variants, in training and held-out speech")
     parser.add_argument("--narrowband", type=float, default=0.0,
                         help="share of augmented utterances passed through 8 kHz")
+    parser.add_argument("--joined", type=float, default=0.0,
+                        help="training examples made of 2 to 5 utterances joined by pauses, as a share of the "
+                             "utterances (long audio then looks like training audio)")
     parser.add_argument("--init", type=Path, help="continue training this .nemo (its tokenizer is kept)")
     parser.add_argument("--smoke", action="store_true", help="a few steps on a handful of utterances")
     args = parser.parse_args()
@@ -296,7 +318,12 @@ def main() -> None:
 
         model.train()
         step, started = 0, time.time()
-        lengths = [len(a) for a in train_audio]
+        # An example is a list of utterances, heard one after the other.
+        examples = [[i] for i in range(len(train_audio))]
+        examples += [rng.sample(range(len(train_audio)), rng.randint(2, 5))
+                     for _ in range(int(args.joined * len(train_audio)))]
+        lengths = [sum(len(train_audio[i]) for i in example) + (len(example) - 1) * int(0.8 * SAMPLE_RATE)
+                   for example in examples]
         epoch = 0
         while step < args.steps:
             # The first epoch goes from the shortest utterances to the longest (SortaGrad): short ones are
@@ -306,10 +333,12 @@ def main() -> None:
                     break
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(step)
-                audios = [train_audio[i] if args.no_augment else augment(train_audio[i], np_rng, args.narrowband)
-                          for i in batch]
+                audios = [join_with_pauses([train_audio[i] if args.no_augment
+                                            else augment(train_audio[i], np_rng, args.narrowband)
+                                            for i in examples[e]], np_rng) for e in batch]
+                targets = [[token for i in examples[e] for token in tokens[i]] for e in batch]
                 signal, signal_len = pad(audios)
-                loss = training_loss(model, signal, signal_len, [tokens[i] for i in batch], ctc_weight)
+                loss = training_loss(model, signal, signal_len, targets, ctc_weight)
                 optimizer.zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -324,6 +353,10 @@ def main() -> None:
             epoch += 1
 
         metrics = evaluate(model, test_audio, test_texts)
+        long_audio, long_texts = long_test_set(test_audio, test_texts)
+        if long_audio:
+            long_metrics = evaluate(model, long_audio, long_texts, batch_size=8)
+            metrics.update({"wer_rnnt_joined": long_metrics["wer_rnnt"], "wer_ctc_joined": long_metrics["wer_ctc"]})
         metrics.update({
             "test_utterances": len(test_texts), "train_utterances": len(train_texts),
             "train_hours": round(hours, 2), "steps": args.steps, "parameters": n_params,
