@@ -36,7 +36,8 @@ lint: $(INSTALLED)
 
 # In stages: the encoder learns with CTC alone on clean speech (a hybrid loss from scratch stays stuck
 # on blanks), then the RNNT decoder joins with the hybrid loss and augmented audio, then RNNT is
-# weighed more at a lower learning rate, then more voices and narrowband audio come in.
+# weighed more at a lower learning rate, then more voices and narrowband audio come in, then utterances
+# joined into recordings of up to five (long audio, such as long-file windows, then looks like training).
 DEMO_TRAIN := $(PY) tools/demo_model/train.py --train-utterances 4000 --short-phrases 1000 --batch-seconds 100 \
     --eval-every 250
 DEMO_MODEL := src/nemo_stt/assets/demo-en-fastconformer.nemo
@@ -48,8 +49,10 @@ demo-model: $(INSTALLED)
 	    --lr 5e-4 --warmup 100
 	$(DEMO_TRAIN) --out build/demo-rnnt.nemo --init build/demo-hybrid.nemo --steps 1000 --no-specaug \
 	    --lr 3e-4 --warmup 50 --ctc-weight 0.3
-	$(DEMO_TRAIN) --out $(DEMO_MODEL) --init build/demo-rnnt.nemo --steps 1000 --no-specaug \
+	$(DEMO_TRAIN) --out build/demo-voices.nemo --init build/demo-rnnt.nemo --steps 1000 --no-specaug \
 	    --lr 3e-4 --warmup 50 --ctc-weight 0.3 --voice-variants --narrowband 0.2
+	$(DEMO_TRAIN) --out $(DEMO_MODEL) --init build/demo-voices.nemo --steps 1000 --no-specaug \
+	    --lr 3e-4 --warmup 50 --ctc-weight 0.3 --voice-variants --narrowband 0.2 --joined 0.5
 
 fixtures: $(INSTALLED)
 	$(PY) tools/make_fixtures.py tests/fixtures

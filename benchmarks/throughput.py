@@ -1,7 +1,7 @@
 """HTTP throughput with and without batching, against the raw model's best throughput on the same files.
 
     python benchmarks/throughput.py                          # demo model
-    python benchmarks/throughput.py --model build/bench-medium.nemo
+    python benchmarks/throughput.py --model build/bench-medium.nemo --architecture hybrid_bpe_ctc
 
 In one run: the raw model (preprocessor, encoder and decoding called directly, in a process of its
 own) on the files at several batch sizes and thread layouts, keeping the best as the ceiling; then
@@ -56,12 +56,13 @@ def make_files(directory: Path, count: int, seed: int = 5) -> list[Path]:
     return paths
 
 
-def raw_ceiling(model: str | None, paths: list[Path]) -> dict:
+def raw_ceiling(model: str | None, architecture: str | None, paths: list[Path]) -> dict:
     """Best audio-s/s of the bare forward over several layouts (run in a fresh process per layout)."""
     results = {}
     for threads, workers, batch in [(2, 1, 1), (2, 1, 4), (2, 1, 8), (1, 2, 1), (1, 2, 4)]:
         command = [sys.executable, __file__, "--raw-worker", json.dumps(
-            {"model": model, "threads": threads, "workers": workers, "batch": batch, "files": [str(p) for p in paths]}
+            {"model": model, "architecture": architecture, "threads": threads, "workers": workers, "batch": batch,
+             "files": [str(p) for p in paths]}
         )]
         output = subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         results[f"{workers} x {threads} threads, batch {batch}"] = float(output)
@@ -78,7 +79,7 @@ def raw_worker(spec: dict) -> None:
 
     torch.set_num_threads(spec["threads"])
     model = load_asr_model(spec["model"], torch.device("cpu"))
-    decoder = select_decoder(model, None)
+    decoder = select_decoder(model, spec["architecture"])
     configure_decoding(model, decoder)
     transcriber = Transcriber(model, decoder)
     audios = sorted((decode_audio(path, 16000) for path in spec["files"]), key=len)
@@ -94,13 +95,16 @@ def raw_worker(spec: dict) -> None:
     print(repeats * sum(len(a) for a in audios) / 16000 / elapsed)
 
 
-def run_service(model: str | None, paths: list[Path], env: dict, clients: int, rounds: int) -> dict:
+def run_service(model: str | None, architecture: str | None, paths: list[Path], env: dict, clients: int,
+                rounds: int) -> dict:
     import httpx
     from conftest import ServerProcess
 
     full_env = {"VAD": "false", **env}
     if model:
         full_env["MODEL"] = model
+    if architecture:
+        full_env["ARCHITECTURE"] = architecture
     server = ServerProcess(full_env)
     payloads = [(p.name, p.read_bytes()) for p in paths]
     durations = {p.name: (len(p.read_bytes()) - 44) / 32000 for p in paths}
@@ -142,6 +146,9 @@ def main() -> None:
     parser.add_argument("--model", help=".nemo path (default: the demo model)")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=4, help="requests per client")
+    # A random-weight RNNT head emits up to max_symbols tokens on every frame, which no trained model
+    # does: benchmark random models with their CTC head (hybrid_bpe_ctc).
+    parser.add_argument("--architecture", help="ARCHITECTURE for the raw model and the service")
     parser.add_argument("--raw-worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.raw_worker:
@@ -152,7 +159,7 @@ def main() -> None:
         paths = make_files(Path(work), 24)
         total = sum((len(p.read_bytes()) - 44) / 32000 for p in paths)
         print(f"model: {args.model or 'demo'}; {len(paths)} files, {total:.0f} s of audio; {os.cpu_count()} cores")
-        ceiling = raw_ceiling(args.model, paths)
+        ceiling = raw_ceiling(args.model, args.architecture, paths)
         for layout, value in ceiling.items():
             print(f"raw model, {layout}: {value:7.1f} audio-s/s")
         best = max(ceiling.values())
@@ -168,7 +175,7 @@ def main() -> None:
                                                             "BATCH_MAX_SIZE": "8", "BATCH_MAX_WAIT_MS": "10"},
         }
         for label, env in configs.items():
-            figures = run_service(args.model, paths, env, args.clients, args.rounds)
+            figures = run_service(args.model, args.architecture, paths, env, args.clients, args.rounds)
             print(f"service, {label}: {figures['audio_s_per_s']:7.1f} audio-s/s "
                   f"({figures['audio_s_per_s'] / best:.2f} x ceiling), p50 {figures['p50']:.2f} s, "
                   f"p95 {figures['p95']:.2f} s, {figures['requests']} requests")
