@@ -5,6 +5,7 @@ import wave
 import numpy as np
 import pytest
 
+from nemo_stt import audio as audio_module
 from nemo_stt.audio import AudioDecodeError, decode_audio, pcm16_to_float, resample
 
 from .conftest import FIXTURES
@@ -85,3 +86,40 @@ def test_pcm16_and_resample_helpers():
     pcm = np.array([0, 16384, -32768], dtype="<i2").tobytes()
     np.testing.assert_allclose(pcm16_to_float(pcm), [0.0, 0.5, -1.0])
     assert len(resample(np.zeros(8000, dtype=np.float32), 8000, 16000)) == 16000
+
+
+@pytest.mark.parametrize("name", ["anna_bread.wav", "pilot_train.wav", "old_house.flac"])
+def test_wav_and_flac_read_by_libsndfile_give_the_samples_ffmpeg_gives(name, monkeypatch):
+    fast = decode_audio(FIXTURES / name, 16000)
+    monkeypatch.setattr(audio_module, "_open_lossless", lambda source: None)
+    np.testing.assert_allclose(fast, decode_audio(FIXTURES / name, 16000), atol=1e-6)
+
+
+def wav_with_codec(codec: str, samples: np.ndarray, rate: int) -> bytes:
+    import av
+
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="wav") as container:
+        stream = container.add_stream(codec, rate=rate, layout="mono")
+        frame = av.AudioFrame.from_ndarray((samples * 32767).astype(np.int16)[None], format="s16", layout="mono")
+        frame.sample_rate = rate
+        for converted in av.AudioResampler(format=stream.codec_context.format.name, layout="mono",
+                                           rate=rate).resample(frame):
+            container.mux(stream.encode(converted))
+        container.mux(stream.encode(None))
+    return buffer.getvalue()
+
+
+def test_a_wav_whose_codec_libsndfile_does_not_read_is_decoded_by_ffmpeg():
+    t = np.arange(16000) / 16000
+    data = wav_with_codec("adpcm_yamaha", 0.3 * np.sin(2 * np.pi * 440 * t), 16000)
+    assert audio_module._open_lossless(io.BytesIO(data)) is None
+    audio = decode_audio(data, 16000)
+    assert abs(len(audio) - 16000) < 1024
+    assert abs(np.argmax(np.abs(np.fft.rfft(audio))) * 16000 / len(audio) - 440) < 2
+
+
+def test_a_truncated_wav_gives_the_audio_it_holds():
+    data = wav_bytes(0.3 * np.sin(np.arange(32000) / 10), 16000)
+    audio = decode_audio(data[: 44 + 48000], 16000)  # 1.5 s of the 2 s the header announces
+    assert len(audio) == 24000
