@@ -51,9 +51,9 @@ def make_long_file(path: Path, minutes: float, seed: int = 11) -> list[tuple[str
     return spoken
 
 
-def measure(path: Path, model: str | None, architecture: str | None) -> tuple[float, float]:
+def measure(path: Path, model: str | None, architecture: str | None, vad: str) -> tuple[float, float]:
     """Wall seconds and peak RSS (MB) of `nemo-stt transcribe` on one file."""
-    env = {**os.environ, "DEVICE": "cpu", "NUM_THREADS": "2"}
+    env = {**os.environ, "DEVICE": "cpu", "NUM_THREADS": "2", "VAD": vad}
     if model:
         env["MODEL"] = model
     if architecture:
@@ -92,21 +92,25 @@ def main() -> None:
     parser.add_argument("--no-wer", action="store_true", help="skip the WER comparison (random-weight models)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as work:
-        figures = {}
+        figures: dict[str, dict[float, tuple[float, float]]] = {"false": {}, "auditok": {}}
         spoken_short = None
         for minutes in args.minutes:
             path = Path(work) / f"long_{minutes:g}min.wav"
             spoken = make_long_file(path, minutes)
             if minutes <= 10 and spoken_short is None:
                 spoken_short = (path, spoken)
-            elapsed, rss = measure(path, args.model, args.architecture)
-            figures[minutes] = (elapsed, rss)
-            print(f"{minutes:g} min: {elapsed:6.1f} s wall ({minutes * 60 / elapsed:5.1f} x real time), "
-                  f"peak RSS {rss:6.0f} MB")
-        if len(figures) >= 2:
-            (m1, (t1, r1)), (m2, (t2, r2)) = sorted(figures.items())[0], sorted(figures.items())[-1]
-            print(f"peak RSS ratio {m2:g} min / {m1:g} min: {r2 / r1:.2f} (goal <= 1.3); "
-                  f"time ratio {t2 / t1:.1f} for {m2 / m1:.0f}x the audio")
+            # Without VAD a file below LONG_FILE_THRESHOLD is one forward and a longer one is windows; with
+            # VAD every forward is a speech segment (within a window), as long as the speech runs on.
+            for vad, measured in figures.items():
+                elapsed, rss = measure(path, args.model, args.architecture, vad)
+                measured[minutes] = (elapsed, rss)
+                print(f"{minutes:g} min, VAD {vad}: {elapsed:6.1f} s wall ({minutes * 60 / elapsed:5.1f} x real "
+                      f"time), peak RSS {rss:6.0f} MB", flush=True)
+        for vad, measured in figures.items():
+            if len(measured) >= 2:
+                (m1, (t1, r1)), (m2, (t2, r2)) = sorted(measured.items())[0], sorted(measured.items())[-1]
+                print(f"VAD {vad}: peak RSS ratio {m2:g} min / {m1:g} min: {r2 / r1:.2f} (goal <= 1.3); "
+                      f"time ratio {t2 / t1:.1f} for {m2 / m1:.0f}x the audio")
         if spoken_short and not args.no_wer:
             # Without VAD the windows hold 30 s of continuous audio; with it (the service's default), the
             # speech segments between pauses.

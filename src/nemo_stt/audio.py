@@ -88,6 +88,7 @@ def _open_lossless(source) -> "_SoundFileReader | None":
                 header = handle.read(4)
         except OSError:
             return None  # FFmpeg reports it
+        position = None
     elif source.seekable():
         position = source.tell()
         header = source.read(4)
@@ -96,13 +97,12 @@ def _open_lossless(source) -> "_SoundFileReader | None":
         return None
     if header not in _LOSSLESS_HEADERS:
         return None
-    position = None if isinstance(source, str | Path) else source.tell()
     try:
         return _SoundFileReader(soundfile.SoundFile(source))
-    except RuntimeError:  # LibsndfileError
+    except RuntimeError:  # LibsndfileError: a codec or variant libsndfile does not read, which FFmpeg may
         if position is not None:
             source.seek(position)
-        return None  # a codec or variant libsndfile does not read: FFmpeg may
+        return None
 
 
 class _SoundFileReader:

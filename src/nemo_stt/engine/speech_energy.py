@@ -14,7 +14,7 @@ import numpy as np
 WINDOW_SECONDS = 0.02
 ABSOLUTE_FLOOR = 10 ** (-50 / 20)
 ABOVE_NOISE = 3.0  # about 10 dB
-NOISE_RISE = 0.002  # per window: the noise level takes tens of seconds to climb to a loud level
+NOISE_RISE = 0.002  # per window: the noise level takes about ten seconds to climb to a loud level
 
 
 class SpeechEnergy:
