@@ -106,3 +106,19 @@ def test_vad_on_silence_gives_nothing_to_transcribe(demo_engine):
     transcript = engine.transcribe(np.zeros(5 * RATE, dtype=np.float32))
     assert transcript.text == "" and transcript.words == ()
     engine.close()
+
+
+def test_vad_cuts_speech_that_runs_on_in_the_quiet_between_words_and_keeps_every_word(utterances):
+    engine = Engine(EngineConfig(device="cpu", num_threads=2, vad=VadConfig(method="auditok", max_segment=8.0)))
+    # Pauses shorter than twice the dilatation: VAD alone would make one segment of all of it.
+    audio, placed = compose(utterances, [0.4] * len(utterances))
+    segments = engine.vad.segments(audio)
+    assert len(segments) >= 3
+    assert all(end - start <= 8.0 + 1e-6 for start, end in segments)
+    for (_, end), (start, _) in itertools.pairwise(segments):
+        assert end == start  # cut, not trimmed: nothing is left out
+        around = audio[int((end - 0.02) * RATE) : int((end + 0.02) * RATE)]
+        assert np.abs(around).max() < 0.01, end  # in a pause, not inside a word
+    transcript = engine.transcribe_source(as_wav(audio))
+    assert_words_where_placed(transcript, placed)
+    engine.close()

@@ -26,6 +26,7 @@ def engine_config(settings: Settings):
         dilatation=settings.VAD_DILATATION,
         min_speech=settings.VAD_MIN_SPEECH_DURATION,
         min_silence=settings.VAD_MIN_SILENCE_DURATION,
+        max_segment=settings.VAD_MAX_SEGMENT_DURATION,
     ) if settings.VAD else None
     return EngineConfig(
         model=settings.MODEL,

@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     """Shortest speech segment kept, in seconds."""
     VAD_MIN_SILENCE_DURATION: float = Field(default=0.1, ge=0)
     """Shortest silence that separates two speech segments, in seconds."""
+    VAD_MAX_SEGMENT_DURATION: float = Field(default=60, gt=0)
+    """Longest speech segment transcribed in one forward (seconds); longer ones are cut at their quietest moment."""
 
     # Long files
     LONG_FILE_THRESHOLD: float = Field(default=480, gt=0)

@@ -16,6 +16,8 @@ class VadConfig:
     dilatation: float = 0.5
     min_speech: float = 0.1
     min_silence: float = 0.1
+    max_segment: float | None = 60.0
+    """Longest segment in seconds (None: no limit); longer ones are cut at their quietest moment."""
 
 
 class SpeechDetector:
@@ -44,7 +46,28 @@ class SpeechDetector:
                 merged[-1] = (merged[-1][0], max(merged[-1][1], end))
             else:
                 merged.append((start, end))
-        return merged
+        if self.config.max_segment is None:
+            return merged
+        return [piece for span in merged for piece in self._cut_long(audio, span, self.config.max_segment)]
+
+    def _cut_long(self, audio: np.ndarray, span: tuple[float, float], longest: float) -> list[tuple[float, float]]:
+        """A span cut into pieces of at most `longest` seconds, each cut in the middle of the quietest 50 ms
+        of the second half of the piece it ends (between words, where speech allows): a forward's memory
+        and time then stay bounded however long the speech runs without a pause."""
+        rate, frame = self.sample_rate, max(1, int(0.05 * self.sample_rate))
+        start, end = span
+        pieces = []
+        while end - start > longest:
+            low, high = int((start + longest / 2) * rate), int((start + longest) * rate)
+            frames = (high - low) // frame
+            if frames < 1:
+                break
+            energy = np.square(audio[low : low + frames * frame].reshape(frames, frame)).mean(axis=1)
+            cut = (low + int(np.argmin(energy)) * frame + frame // 2) / rate
+            pieces.append((start, cut))
+            start = cut
+        pieces.append((start, end))
+        return pieces
 
     def _auditok_segments(self, audio: np.ndarray) -> list[tuple[float, float]]:
         import auditok
