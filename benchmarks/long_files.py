@@ -100,7 +100,7 @@ def main() -> None:
             if minutes <= 10 and spoken_short is None:
                 spoken_short = (path, spoken)
             # Without VAD a file below LONG_FILE_THRESHOLD is one forward and a longer one is windows; with
-            # VAD every forward is a speech segment (within a window), as long as the speech runs on.
+            # VAD every forward is a speech segment (within a window, at most VAD_MAX_SEGMENT_DURATION long).
             for vad, measured in figures.items():
                 elapsed, rss = measure(path, args.model, args.architecture, vad)
                 measured[minutes] = (elapsed, rss)
