@@ -175,3 +175,37 @@ def test_full_context_models_switch_to_local_attention_when_inputs_can_be_long(t
 
 def test_limited_context_models_keep_their_attention(demo_engine):
     assert demo_engine.encoder_attention() == "rel_pos" and not demo_engine.local_attention
+
+
+# Runs in a fresh process: the test process has run torch on its main thread already.
+_THREAD_POOL_PROBE = """
+import os
+import numpy as np
+import torch
+from nemo_stt.engine import Engine, EngineConfig
+
+def native_threads():
+    return set(os.listdir("/proc/self/task"))
+
+engine = Engine(EngineConfig(device="cpu", num_threads=2))
+engine.warm_up()
+before = native_threads()
+engine.transcribe(np.zeros(16000 * 3, dtype=np.float32))
+after_inference = native_threads()
+torch.ones(4_000_000).sum()  # a parallel region on the main thread
+after_main = native_threads()
+print(len(after_inference - before), len(after_main - after_inference))
+"""
+
+
+def test_only_the_inference_loop_keeps_an_openmp_thread_pool():
+    """Loading and warm-up leave the caller's thread without an OpenMP pool of its own: a second pool
+    on 2 cores makes every parallel region wake sleeping helpers (twice the time of a forward)."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", _THREAD_POOL_PROBE], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    new_for_inference, new_for_main = map(int, result.stdout.split()[-2:])
+    assert new_for_inference == 0  # the warmed-up loop reuses its pool
+    assert new_for_main == 1  # the main thread had none: its first parallel region starts a helper

@@ -9,7 +9,7 @@ import logging
 import os
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -66,7 +66,7 @@ class Engine:
         if self.device.type == "cpu":
             workers = config.batching.workers
             torch.set_num_threads(config.num_threads or max(1, (os.cpu_count() or 1) // workers))
-        self.model = load_asr_model(config.model, self.device)
+        self.model = _on_passing_thread(load_asr_model, config.model, self.device)
         self.family = model_family(self.model)
         self.local_attention = self._wants_local_attention()
         if self.local_attention:
@@ -247,13 +247,29 @@ class Engine:
         return self._streamer
 
     def warm_up(self) -> None:
-        """One short inference, so that the first request does not pay for lazy initialisation."""
-        self.transcriber.transcribe_batch([np.zeros(self.sample_rate, dtype=np.float32)])
+        """One short inference on the inference loops, so that the first request does not pay for lazy
+        initialisation (one per loop: each has its own thread pool to start)."""
+        silence = np.zeros(self.sample_rate, dtype=np.float32)
+        for future in [self.batcher.submit(silence, block=True) for _ in range(self.config.batching.workers)]:
+            future.result()
 
     def close(self) -> None:
         self.batcher.close()
         if self._streamer is not None:
             self._streamer.close()
+
+
+def _on_passing_thread(function, *args):
+    """Run `function` on a thread that ends with it.
+
+    OpenMP (the libgomp of PyTorch's CPU build) keeps a pool of helper threads for every thread that
+    has run parallel torch code. Once a process holds more of them than there are cores, each
+    parallel region wakes its helpers from sleep instead of finding them spinning, which doubled the
+    time of a 60-s forward on 2 cores. So the threads that run the model are the only ones to keep a
+    pool; model loading runs here, and its pool goes when the thread ends.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-loading") as pool:
+        return pool.submit(function, *args).result()
 
 
 def _chain(head: list[np.ndarray], rest):
