@@ -21,7 +21,7 @@ def serve(settings: Settings) -> None:
 
         from .websocket_server import run
 
-        asyncio.run(run(load_engine(settings), settings))
+        asyncio.run(run(load_engine(settings, warm_up=False), settings))  # the server warms up what it uses
         return
     import uvicorn
 

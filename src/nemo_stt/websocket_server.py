@@ -61,6 +61,9 @@ class StreamingServer:
             settings.STREAMING_ENGINE == "auto" and engine.supports_cache_aware_streaming()
         ):
             self.streamer = engine.cache_aware_streamer(settings.STREAMING_LOOKAHEAD_MS)
+        # Warm up only what serves the streams: each stepping thread that runs torch keeps a pool of
+        # helper threads, and more of them than cores slows every step (see the engine's model loading).
+        (self.streamer or engine).warm_up()
         log.info("streaming engine: %s", "cache-aware" if self.streamer else "buffered")
 
     def new_stream(self) -> BufferedStream | CacheAwareStream:

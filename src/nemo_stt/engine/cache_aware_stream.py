@@ -49,8 +49,9 @@ def supports_cache_aware_streaming(model) -> bool:
 class _StreamState:
     """What one connection needs between chunks; touched only by the stepping thread while a step runs."""
 
-    caches: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-    feature_history: torch.Tensor  # the last pre-encode-cache frames before the next chunk
+    # Both made by the stepping thread at the stream's first chunk (torch work stays on that thread).
+    caches: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    feature_history: torch.Tensor | None = None  # the last pre-encode-cache frames before the next chunk
     real_frames: int | None = None  # once the stream ends: how many of its mel frames are not padding
     audio: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
     audio_offset: int = 0  # stream sample index of audio[0], a multiple of the hop
@@ -120,8 +121,12 @@ class CacheAwareStreamer:
         return min(contexts, key=lambda c: abs((c[1] + 1) * frame_seconds * 1000 - lookahead_ms))
 
     def new_state(self) -> _StreamState:
-        caches = self.model.encoder.get_initial_cache_state(batch_size=1, device=self.device)
-        return _StreamState(caches=caches, feature_history=torch.zeros(self.features, 0, device=self.device))
+        return _StreamState()
+
+    def warm_up(self) -> None:
+        """One second of silence through the stepping thread, so that the first stream does not pay for
+        lazy initialisation."""
+        self.step(self.new_state(), np.zeros(self.sample_rate, dtype=np.float32), flush=True).result()
 
     def frames_needed(self, state: _StreamState) -> int:
         """Mel frames that the stream's next chunk takes."""
@@ -235,6 +240,9 @@ class CacheAwareStreamer:
         size = self.first_frames if first else self.shift_frames
         chunks, lengths = [], []
         for state in states:
+            if state.caches is None:
+                state.caches = self.model.encoder.get_initial_cache_state(batch_size=1, device=self.device)
+                state.feature_history = torch.zeros(self.features, 0, device=self.device)
             real = size if state.real_frames is None else max(0, min(size, state.real_frames - state.frames_encoded))
             pending = torch.cat(state.pending, dim=1) if len(state.pending) > 1 else state.pending[0]
             chunk, rest = pending[:, :size], pending[:, size:]
