@@ -1,3 +1,5 @@
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -198,14 +200,30 @@ print(len(after_inference - before), len(after_main - after_inference))
 """
 
 
+def run_in_fresh_process(code: str) -> list[str]:
+    """The words `code` prints, run by a new interpreter (torch's thread state is per process)."""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout.split()
+
+
 def test_only_the_inference_loop_keeps_an_openmp_thread_pool():
     """Loading and warm-up leave the caller's thread without an OpenMP pool of its own: a second pool
     on 2 cores makes every parallel region wake sleeping helpers (twice the time of a forward)."""
-    import subprocess
-    import sys
-
-    result = subprocess.run([sys.executable, "-c", _THREAD_POOL_PROBE], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    new_for_inference, new_for_main = map(int, result.stdout.split()[-2:])
+    new_for_inference, new_for_main = map(int, run_in_fresh_process(_THREAD_POOL_PROBE)[-2:])
     assert new_for_inference == 0  # the warmed-up loop reuses its pool
     assert new_for_main == 1  # the main thread had none: its first parallel region starts a helper
+
+
+def test_the_silero_vad_leaves_the_engine_its_threads():
+    # silero_vad sets torch to one thread when imported; the inference loop must still get NUM_THREADS.
+    # A new thread takes torch's process-wide setting, as the inference loop's threads do.
+    threads = run_in_fresh_process(
+        "import threading, torch\n"
+        "from nemo_stt.engine import Engine, EngineConfig, VadConfig\n"
+        "engine = Engine(EngineConfig(device='cpu', num_threads=2, vad=VadConfig(method='silero')))\n"
+        "thread = threading.Thread(target=lambda: print(torch.get_num_threads()))\n"
+        "thread.start()\n"
+        "thread.join()\n"
+    )
+    assert threads[-1] == "2"

@@ -66,16 +66,8 @@ class Engine:
         if self.device.type == "cpu":
             workers = config.batching.workers
             torch.set_num_threads(config.num_threads or max(1, (os.cpu_count() or 1) // workers))
-        self.model = _on_passing_thread(load_asr_model, config.model, self.device)
-        self.family = model_family(self.model)
-        self.local_attention = self._wants_local_attention()
-        if self.local_attention:
-            use_local_attention(self.model)
-        self.decoder = select_decoder(self.model, config.architecture)
-        configure_decoding(self.model, self.decoder)
-        self.transcriber = Transcriber(self.model, self.decoder)
+        _on_passing_thread(self._load)
         self.language = config.language or ("en" if config.model is None else None)
-        self.vad = SpeechDetector(config.vad, self.sample_rate) if config.vad else None
         self.batcher = Batcher(self.transcriber.transcribe_batch, self.sample_rate, config.batching)
         self._streamer: CacheAwareStreamer | None = None
         policy = config.batching
@@ -84,6 +76,18 @@ class Engine:
                  self.decoder, self.device, policy.workers, torch.get_num_threads(), policy.max_batch_items,
                  policy.max_batch_seconds, config.vad.method if config.vad else "off",
                  "local" if self.local_attention else "model's own")
+
+    def _load(self) -> None:
+        """The model, its decoding and the VAD (torch work: see `_on_passing_thread`)."""
+        self.model = load_asr_model(self.config.model, self.device)
+        self.family = model_family(self.model)
+        self.local_attention = self._wants_local_attention()
+        if self.local_attention:
+            use_local_attention(self.model)
+        self.decoder = select_decoder(self.model, self.config.architecture)
+        configure_decoding(self.model, self.decoder)
+        self.transcriber = Transcriber(self.model, self.decoder)
+        self.vad = SpeechDetector(self.config.vad, self.sample_rate) if self.config.vad else None
 
     def _wants_local_attention(self) -> bool:
         if self.config.local_attention == "off" or not has_full_context(self.model):
@@ -266,7 +270,7 @@ def _on_passing_thread(function, *args):
     has run parallel torch code. Once a process holds more of them than there are cores, each
     parallel region wakes its helpers from sleep instead of finding them spinning, which doubled the
     time of a 60-s forward on 2 cores. So the threads that run the model are the only ones to keep a
-    pool; model loading runs here, and its pool goes when the thread ends.
+    pool; loading (the model, the silero VAD) runs here, and its pool goes when the thread ends.
     """
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-loading") as pool:
         return pool.submit(function, *args).result()
