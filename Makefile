@@ -27,9 +27,10 @@ $(INSTALLED): pyproject.toml constraints.txt
 	$(PIP) install -c constraints.txt -e '.[dev]'
 	touch $(INSTALLED)
 
-# espeak-ng synthesizes the training speech and the test fixtures.
+# espeak-ng synthesizes the training speech and the test fixtures; the service runs on jemalloc.
 system-deps:
-	@command -v espeak-ng >/dev/null || { apt-get update -q && apt-get install -y -q espeak-ng; }
+	@command -v espeak-ng >/dev/null && ldconfig -p | grep -q libjemalloc.so.2 || \
+	    { apt-get update -q && apt-get install -y -q espeak-ng libjemalloc2; }
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check .

@@ -6,6 +6,8 @@
 In one run: the raw model (preprocessor, encoder and decoding called directly, 2 threads) and
 `nemo-stt serve` (HTTP, one request at a time, same threads) on the same file, in alternation,
 several times; prints the median real-time factor of each (audio seconds per second) and their ratio.
+Both run on the memory allocator the service picks (jemalloc when installed): this script starts
+itself again on it, as `nemo-stt` does, so that the ratio is the service's overhead, not the allocator's.
 """
 
 import argparse
@@ -109,13 +111,18 @@ def main() -> None:
     # does: benchmark random models with their CTC head (hybrid_bpe_ctc).
     parser.add_argument("--architecture", help="ARCHITECTURE for both the raw model and the service")
     args = parser.parse_args()
+    from nemo_stt.allocator import jemalloc_loaded, relaunch_on_jemalloc
+    from nemo_stt.settings import load_settings
+
+    relaunch_on_jemalloc([sys.executable, *sys.argv], load_settings())
     with tempfile.TemporaryDirectory() as work:
         path = Path(work) / "minute.wav"
         duration = make_minute(path)
         result = measure(args.model, args.architecture, path, args.repeats)
     raw, service = duration / result["raw"], duration / result["service"]
     print(f"model: {args.model or 'demo'} ({args.architecture or 'default decoder'}); "
-          f"{duration:.0f}-s file; {os.cpu_count()} cores, 2 threads")
+          f"{duration:.0f}-s file; {os.cpu_count()} cores, 2 threads; "
+          f"{'jemalloc' if jemalloc_loaded() else 'system malloc'}")
     print(f"raw model forward:  RTFx {raw:7.1f}")
     print(f"POST /transcribe:   RTFx {service:7.1f}")
     print(f"service / raw:      {service / raw:.3f}  (same text: {result['same_text']})")

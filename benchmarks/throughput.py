@@ -163,11 +163,16 @@ def main() -> None:
     if args.raw_worker:
         raw_worker(json.loads(args.raw_worker))
         return
+    from nemo_stt.allocator import jemalloc_loaded, relaunch_on_jemalloc
+    from nemo_stt.settings import load_settings
 
+    # The raw workers and the server inherit the allocator the service picks.
+    relaunch_on_jemalloc([sys.executable, *sys.argv], load_settings())
     with tempfile.TemporaryDirectory() as work:
         paths = make_files(Path(work), 24)
         total = sum((len(p.read_bytes()) - 44) / 32000 for p in paths)
-        print(f"model: {args.model or 'demo'}; {len(paths)} files, {total:.0f} s of audio; {os.cpu_count()} cores")
+        print(f"model: {args.model or 'demo'}; {len(paths)} files, {total:.0f} s of audio; {os.cpu_count()} cores; "
+              f"{'jemalloc' if jemalloc_loaded() else 'system malloc'}")
         ceiling = raw_ceiling(args.model, args.architecture, paths)
         for layout, value in ceiling.items():
             print(f"raw model, {layout}: {value:7.1f} audio-s/s")
@@ -182,6 +187,8 @@ def main() -> None:
                                                             "BATCH_MAX_SIZE": "8", "BATCH_MAX_WAIT_MS": "10"},
             "batching on (2 loops x 1 thread, batch <= 8)": {"CONCURRENCY": "1", "NUM_THREADS": "1",
                                                             "BATCH_MAX_SIZE": "8", "BATCH_MAX_WAIT_MS": "10"},
+            "batching on (2 loops x 1 thread, batch <= 4)": {"CONCURRENCY": "1", "NUM_THREADS": "1",
+                                                            "BATCH_MAX_SIZE": "4", "BATCH_MAX_WAIT_MS": "10"},
         }
         for label, env in configs.items():
             figures = run_service(args.model, args.architecture, paths, env, args.clients, args.rounds)

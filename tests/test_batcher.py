@@ -131,3 +131,26 @@ def test_close_cancels_what_is_still_waiting():
     closer.join(5)
     assert waiting.cancelled()
     assert round(running.result(5)) == 1
+
+
+def test_the_idle_hook_runs_once_per_idle_spell_after_work():
+    idle_calls: list[float] = []
+    policy = BatchPolicy(workers=2, max_batch_items=1, release_after_idle=0.2)
+    batcher = Batcher(RecordingForward(), RATE, policy, on_idle=lambda: idle_calls.append(time.monotonic()))
+    try:
+        time.sleep(0.5)
+        assert idle_calls == []  # nothing ran yet: nothing to release
+        batcher.submit(item(1)).result(5)
+        done = time.monotonic()
+        time.sleep(0.6)
+        assert len(idle_calls) == 1  # one of the two loops, once
+        assert idle_calls[0] - done >= 0.2
+        # Work that keeps arriving within the delay never triggers it.
+        for _ in range(5):
+            batcher.submit(item(1)).result(5)
+            time.sleep(0.05)
+        assert len(idle_calls) == 1
+        time.sleep(0.6)
+        assert len(idle_calls) == 2
+    finally:
+        batcher.close()

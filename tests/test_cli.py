@@ -15,6 +15,7 @@ def test_transcribe_prints_the_text_of_each_file(fixture_texts):
     names = ["anna_bread.wav", "red_car.mp3"]
     completed = run_cli("transcribe", *(str(FIXTURES / n) for n in names))
     assert completed.returncode == 0, completed.stderr
+    assert "memory allocator: jemalloc" in completed.stderr  # restarted itself with it preloaded
     lines = completed.stdout.strip().splitlines()
     assert len(lines) == 2
     for name, line in zip(names, lines, strict=True):
@@ -43,3 +44,10 @@ def test_an_architecture_mismatch_stops_start_up_with_a_clear_message():
     completed = run_cli("transcribe", str(FIXTURES / "anna_bread.wav"), ARCHITECTURE="ctc_bpe", MODEL="/no/such.nemo")
     assert completed.returncode == 2
     assert "error: MODEL=/no/such.nemo: no such file" in completed.stderr
+
+
+def test_memory_allocator_system_keeps_the_c_library_malloc(fixture_texts):
+    completed = run_cli("transcribe", str(FIXTURES / "anna_bread.wav"), MEMORY_ALLOCATOR="system")
+    assert completed.returncode == 0, completed.stderr
+    assert "memory allocator: the C library's malloc" in completed.stderr
+    assert wer(fixture_texts["anna_bread.wav"], completed.stdout) < 0.3

@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 
+from .allocator import jemalloc_loaded, relaunch_on_jemalloc
 from .service import load_engine
 from .settings import Settings, SettingsError, load_settings
 
@@ -79,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as error:
         print(error, file=sys.stderr)
         return 2
+    if argv is None:  # started as a command, not called in-process
+        relaunch_on_jemalloc([sys.executable, "-m", "nemo_stt", *sys.argv[1:]], settings)
+    logging.getLogger(__name__).info("memory allocator: %s",
+                                     "jemalloc" if jemalloc_loaded() else "the C library's malloc")
     from .engine import ModelLoadError
 
     try:

@@ -16,7 +16,7 @@ def engine_config(settings: Settings):
     on_gpu = runs_on_gpu(settings)
     batching = BatchPolicy(
         workers=settings.CONCURRENCY + 1,
-        max_batch_items=settings.BATCH_MAX_SIZE or (16 if on_gpu else 1),
+        max_batch_items=settings.BATCH_MAX_SIZE or (16 if on_gpu else 4),
         max_batch_seconds=settings.BATCH_MAX_AUDIO_SEC,
         max_wait=settings.BATCH_MAX_WAIT_MS / 1000,
         queue_size=settings.QUEUE_MAX_SIZE,

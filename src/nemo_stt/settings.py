@@ -45,6 +45,16 @@ class Settings(BaseSettings):
     GROUP_ID: int | None = Field(default=None, ge=0)
     """When running as root, switch to this group before serving."""
 
+    MEMORY_ALLOCATOR: Literal["jemalloc", "system"] = "jemalloc"
+    """`jemalloc`: `nemo-stt` restarts itself with jemalloc preloaded (when the library is installed and
+    LD_PRELOAD is unset), so that memory does not grow with the variety of input lengths; `system`: the C
+    library's malloc."""
+    LD_PRELOAD: str | None = None
+    """Read, not set here: libraries the dynamic loader preloads. When set, the service keeps them and
+    does not preload jemalloc itself."""
+    MALLOC_CONF: str | None = None
+    """jemalloc's options; unset, the service keeps freed pages for reuse and releases them after 10 s idle."""
+
     # Voice activity detection
     VAD: VadMethod | None = "auditok"
     """`auditok`, `silero`, or false to disable; `true`/`1` mean auditok, `0` means false."""
@@ -76,7 +86,7 @@ class Settings(BaseSettings):
 
     # Batching (every front end's requests share one queue)
     BATCH_MAX_SIZE: int | None = Field(default=None, ge=1)
-    """Most requests in one forward; unset means 1 on CPU and 16 on GPU."""
+    """Most requests in one forward; unset means 4 on CPU and 16 on GPU."""
     BATCH_MAX_AUDIO_SEC: float = Field(default=120, gt=0)
     """Most padded audio in one forward (longest item x items), in seconds."""
     BATCH_MAX_WAIT_MS: float = Field(default=5, ge=0)

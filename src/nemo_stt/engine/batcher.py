@@ -22,6 +22,9 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
+_IDLE: list = []  # what `_take_batch` returns when the loops have been idle for `release_after_idle`
+
+
 class QueueFull(RuntimeError):
     """The batcher's queue is full; the caller should retry later."""
 
@@ -47,11 +50,16 @@ class BatchPolicy:
     max_wait: float = 0.005
     """Seconds a loop waits for more requests once it holds one."""
     queue_size: int = 64
+    release_after_idle: float = 10.0
+    """Seconds without requests after which the loops' free memory goes back to the system (`on_idle`)."""
 
 
 class Batcher:
-    def __init__(self, run_batch: Callable[[list[np.ndarray]], Sequence], sample_rate: int, policy: BatchPolicy):
+    def __init__(self, run_batch: Callable[[list[np.ndarray]], Sequence], sample_rate: int, policy: BatchPolicy,
+                 on_idle: Callable[[], None] | None = None):
         self._run_batch = run_batch
+        self._on_idle = on_idle
+        self._idle_handled = True  # nothing to release before the first batch
         self._rate = sample_rate
         self.policy = policy
         self._pending: list[_Request] = []
@@ -102,9 +110,14 @@ class Batcher:
     def _take_batch(self) -> list[_Request] | None:
         with self._cond:
             while not self._pending and not self._closed:
-                self._cond.wait()
+                if self._idle_handled or self._on_idle is None:
+                    self._cond.wait()
+                elif not self._cond.wait(self.policy.release_after_idle) and not (self._pending or self._idle_handled):
+                    self._idle_handled = True  # one loop handles it, once per idle spell
+                    return _IDLE
             if self._closed:
                 return None
+            self._idle_handled = False
             first = self._pending.pop(0)
             batch = [first]
             deadline = time.monotonic() + self.policy.max_wait
@@ -135,6 +148,9 @@ class Batcher:
             batch = self._take_batch()
             if batch is None:
                 return
+            if batch is _IDLE:
+                self._on_idle()
+                continue
             live = [r for r in batch if r.future.set_running_or_notify_cancel()]
             if live:
                 self._run(live)

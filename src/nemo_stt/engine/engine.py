@@ -21,6 +21,7 @@ from .batcher import Batcher, BatchPolicy, QueueFull
 from .cache_aware_stream import CacheAwareStreamer, supports_cache_aware_streaming
 from .decoding import configure_decoding, model_family, select_decoder
 from .long_audio import iter_windows, owned_words
+from .memory import release_free_memory
 from .model_loading import (
     ModelLoadError,
     has_full_context,
@@ -68,7 +69,8 @@ class Engine:
             torch.set_num_threads(config.num_threads or max(1, (os.cpu_count() or 1) // workers))
         _on_passing_thread(self._load)
         self.language = config.language or ("en" if config.model is None else None)
-        self.batcher = Batcher(self.transcriber.transcribe_batch, self.sample_rate, config.batching)
+        self.batcher = Batcher(self.transcriber.transcribe_batch, self.sample_rate, config.batching,
+                               on_idle=release_free_memory)
         self._streamer: CacheAwareStreamer | None = None
         policy = config.batching
         log.info("model ready: %s (%s, %s decoding) on %s; %d inference loop(s) x %d thread(s), batches of up to "
