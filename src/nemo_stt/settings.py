@@ -50,8 +50,8 @@ class Settings(BaseSettings):
     LD_PRELOAD is unset), so that memory does not grow with the variety of input lengths; `system`: the C
     library's malloc."""
     LD_PRELOAD: str | None = None
-    """Read, not set here: libraries the dynamic loader preloads. When set, the service keeps them and
-    does not preload jemalloc itself."""
+    """Libraries the dynamic loader preloads: when the user sets it, the service keeps it and does not
+    preload jemalloc itself."""
     MALLOC_CONF: str | None = None
     """jemalloc's options; unset, the service keeps freed pages for reuse and releases them after 10 s idle."""
 

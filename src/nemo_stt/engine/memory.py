@@ -7,9 +7,6 @@ long). So the pages are released once the engine has been idle for a while. Unde
 """
 
 import ctypes
-import logging
-
-log = logging.getLogger(__name__)
 
 _ALL_ARENAS = 4096  # MALLCTL_ARENAS_ALL
 
