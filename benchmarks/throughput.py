@@ -75,6 +75,7 @@ def raw_worker(spec: dict) -> None:
 
     from nemo_stt.audio import decode_audio
     from nemo_stt.engine.decoding import configure_decoding, select_decoder
+    from nemo_stt.engine.engine import on_passing_thread
     from nemo_stt.engine.model_loading import load_asr_model
     from nemo_stt.engine.transcriber import Transcriber
 
@@ -85,10 +86,9 @@ def raw_worker(spec: dict) -> None:
         return Transcriber(model, decoder)
 
     torch.set_num_threads(spec["threads"])
-    # As in the engine: loading on a thread that ends, warm-up on the threads that run the model, so
-    # that only they keep an OpenMP pool (an extra pool slows every parallel region on 2 cores).
-    with ThreadPoolExecutor(1) as loader:
-        transcriber = loader.submit(load).result()
+    # As in the engine, only the threads that run the model keep an OpenMP pool: loading on a thread
+    # that ends, warm-up on the workers' threads.
+    transcriber = on_passing_thread(load)
     audios = sorted((decode_audio(path, 16000) for path in spec["files"]), key=len)
     batch = spec["batch"]
     groups = [audios[i:i + batch] for i in range(0, len(audios), batch)]

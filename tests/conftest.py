@@ -25,6 +25,14 @@ def free_port() -> int:
 OWN_TEXT_MAX_WER = 0.4
 
 
+def run_in_fresh_process(code: str, env: dict[str, str] | None = None) -> list[str]:
+    """The words `code` prints, run by a new interpreter (torch's threads and the allocator are per process)."""
+    result = subprocess.run([sys.executable, "-c", code], env={**os.environ, **(env or {})}, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout.split()
+
+
 def wer(reference: str, hypothesis: str) -> float:
     return jiwer.wer(reference, hypothesis) if hypothesis.strip() else 1.0
 

@@ -1,5 +1,3 @@
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -9,7 +7,7 @@ from nemo_stt.audio import decode_audio
 from nemo_stt.engine import BatchPolicy, Engine, EngineConfig, ModelLoadError, demo_model_path
 
 from . import tiny_models
-from .conftest import FIXTURES, wer
+from .conftest import FIXTURES, run_in_fresh_process, wer
 
 SILENT_NOISE = (np.random.default_rng(0).standard_normal(16000 * 2) * 0.05).astype(np.float32)
 
@@ -198,13 +196,6 @@ torch.ones(4_000_000).sum()  # a parallel region on the main thread
 after_main = native_threads()
 print(len(after_inference - before), len(after_main - after_inference))
 """
-
-
-def run_in_fresh_process(code: str) -> list[str]:
-    """The words `code` prints, run by a new interpreter (torch's thread state is per process)."""
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result.stdout.split()
 
 
 def test_only_the_inference_loop_keeps_an_openmp_thread_pool():

@@ -1,8 +1,6 @@
-import os
-import subprocess
-import sys
-
 from nemo_stt.allocator import JEMALLOC_CONF
+
+from .conftest import run_in_fresh_process
 
 # Resident MB before a 120-s forward, right after it, and once the engine has been idle.
 _IDLE_RELEASE_PROBE = """
@@ -27,11 +25,9 @@ print(ALLOCATOR, before, after_work, resident_mb())
 
 def test_an_idle_engine_hands_its_free_pages_back_under_jemalloc():
     # How the service runs by default: jemalloc keeps freed pages for the next forwards until idle.
-    env = {**os.environ, "LD_PRELOAD": "libjemalloc.so.2", "MALLOC_CONF": JEMALLOC_CONF}
-    result = subprocess.run([sys.executable, "-c", _IDLE_RELEASE_PROBE], env=env, capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    allocator, before, after_work, after_idle = result.stdout.split()[-4:]
+    jemalloc = {"LD_PRELOAD": "libjemalloc.so.2", "MALLOC_CONF": JEMALLOC_CONF}
+    printed = run_in_fresh_process(_IDLE_RELEASE_PROBE, jemalloc)
+    allocator, before, after_work, after_idle = printed[-4:]
     before, after_work, after_idle = int(before), int(after_work), int(after_idle)
     assert allocator == "jemalloc"
     assert after_work - before > 150  # the forward's pages were kept...

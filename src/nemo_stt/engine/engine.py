@@ -64,10 +64,11 @@ class Engine:
     def __init__(self, config: EngineConfig):
         self.config = config
         self.device = resolve_device(config.device)
+        on_passing_thread(self._load)
         if self.device.type == "cpu":
+            # After loading: libraries change it when imported (silero_vad sets one thread process-wide).
             workers = config.batching.workers
             torch.set_num_threads(config.num_threads or max(1, (os.cpu_count() or 1) // workers))
-        _on_passing_thread(self._load)
         self.language = config.language or ("en" if config.model is None else None)
         self.batcher = Batcher(self.transcriber.transcribe_batch, self.sample_rate, config.batching,
                                on_idle=release_free_memory)
@@ -80,7 +81,7 @@ class Engine:
                  "local" if self.local_attention else "model's own")
 
     def _load(self) -> None:
-        """The model, its decoding and the VAD (torch work: see `_on_passing_thread`)."""
+        """The model, its decoding and the VAD (torch work: see `on_passing_thread`)."""
         self.model = load_asr_model(self.config.model, self.device)
         self.family = model_family(self.model)
         self.local_attention = self._wants_local_attention()
@@ -265,7 +266,7 @@ class Engine:
             self._streamer.close()
 
 
-def _on_passing_thread(function, *args):
+def on_passing_thread(function, *args):
     """Run `function` on a thread that ends with it.
 
     OpenMP (the libgomp of PyTorch's CPU build) keeps a pool of helper threads for every thread that

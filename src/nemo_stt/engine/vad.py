@@ -29,14 +29,9 @@ class SpeechDetector:
         self._silero = None
         self._silero_lock = threading.Lock()  # the silero model keeps state between calls
         if config.method == "silero":
-            import torch
-
-            # Importing silero_vad sets torch's threads to 1 for the whole process: keep the engine's.
-            threads = torch.get_num_threads()
             from silero_vad import load_silero_vad
 
             self._silero = load_silero_vad()
-            torch.set_num_threads(threads)
 
     def segments(self, audio: np.ndarray) -> list[tuple[float, float]]:
         """Speech spans (start, end) in seconds, dilated, merged, within [0, duration]."""
