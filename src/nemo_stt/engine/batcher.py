@@ -7,6 +7,8 @@ Contract:
 - `workers` inference loops each take the oldest waiting request, add the waiting requests closest
   to it in length (to limit padding) until `max_batch_items` or `max_batch_seconds` of padded audio,
   waiting at most `max_wait` for more to arrive, run one forward and resolve each caller's future.
+  One loop forms a batch at a time (as a scheduler thread would), so that loops freed together do
+  not split the requests arriving together between them.
 - A batch whose forward fails is retried one request at a time, so that a bad request fails alone.
 """
 
@@ -65,6 +67,7 @@ class Batcher:
         self._pending: list[_Request] = []
         self._cond = threading.Condition()
         self._closed = False
+        self._collecting = False  # a loop is forming a batch
         self._seconds_per_audio_second = 0.05  # running estimate, for Retry-After
         self._threads = [
             threading.Thread(target=self._loop, name=f"inference-{i}", daemon=True) for i in range(policy.workers)
@@ -109,8 +112,9 @@ class Batcher:
 
     def _take_batch(self) -> list[_Request] | None:
         with self._cond:
-            while not self._pending and not self._closed:
-                if self._idle_handled or self._on_idle is None:
+            # One loop forms a batch at a time (see the module's contract).
+            while (self._collecting or not self._pending) and not self._closed:
+                if self._collecting or self._idle_handled or self._on_idle is None:
                     self._cond.wait()
                 elif not self._cond.wait(self.policy.release_after_idle) and not (self._pending or self._idle_handled):
                     self._idle_handled = True  # one loop handles it, once per idle spell
@@ -118,20 +122,30 @@ class Batcher:
             if self._closed:
                 return None
             self._idle_handled = False
-            first = self._pending.pop(0)
-            batch = [first]
-            deadline = time.monotonic() + self.policy.max_wait
-            while len(batch) < self.policy.max_batch_items:
-                if not self._pending:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0 or not self._cond.wait(remaining) or not self._pending:
-                        break
-                candidate = self._closest(first, batch)
-                if candidate is None:
+            self._collecting = True
+            try:
+                return self._collect()
+            finally:
+                self._collecting = False
+                self._cond.notify_all()  # the next free loop may form a batch; room for blocked submitters
+
+    def _collect(self) -> list[_Request]:
+        """The oldest request and those closest to it in length, waiting up to `max_wait` for more."""
+        first = self._pending.pop(0)
+        batch = [first]
+        deadline = time.monotonic() + self.policy.max_wait
+        while len(batch) < self.policy.max_batch_items and not self._closed:
+            if not self._pending:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
                     break
-                batch.append(candidate)
-            self._cond.notify_all()  # room in the queue for blocked submitters
-            return batch
+                self._cond.wait(remaining)  # woken by a submission, or by anything else: look again
+                continue
+            candidate = self._closest(first, batch)
+            if candidate is None:
+                break
+            batch.append(candidate)
+        return batch
 
     def _closest(self, first: _Request, batch: list[_Request]) -> _Request | None:
         """The waiting request nearest in length to `first` that keeps the batch within its padded-audio cap."""
