@@ -89,6 +89,20 @@ def test_closed_loop_clients_keep_full_batches_on_two_loops():
     batcher.close()
 
 
+def test_a_forming_batch_waits_while_requests_keep_coming():
+    forward = RecordingForward()
+    batcher = Batcher(forward, RATE, BatchPolicy(workers=1, max_batch_items=8, max_wait=0.1, queue_size=100))
+    futures = []
+    for value in range(5):  # 0.24 s from first to last: more than max_wait, but never 0.1 s apart
+        futures.append(batcher.submit(item(value)))
+        time.sleep(0.06)
+    time.sleep(0.2)  # a gap longer than max_wait ends the batch
+    futures.append(batcher.submit(item(5)))
+    assert [round(f.result(5)) for f in futures] == list(range(6))
+    assert [len(b) for b in forward.batches] == [5, 1]
+    batcher.close()
+
+
 def test_a_loop_waits_out_max_wait_whatever_wakes_it():
     # A wake-up that brings no request (another loop leaving, room in the queue) must not end the wait.
     forward = RecordingForward()

@@ -13,10 +13,9 @@ def runs_on_gpu(settings: Settings) -> bool:
 def engine_config(settings: Settings):
     from .engine import BatchPolicy, EngineConfig, VadConfig
 
-    on_gpu = runs_on_gpu(settings)
     batching = BatchPolicy(
         workers=settings.CONCURRENCY + 1,
-        max_batch_items=settings.BATCH_MAX_SIZE or (16 if on_gpu else 4),
+        max_batch_items=settings.BATCH_MAX_SIZE,
         max_batch_seconds=settings.BATCH_MAX_AUDIO_SEC,
         max_wait=settings.BATCH_MAX_WAIT_MS / 1000,
         queue_size=settings.QUEUE_MAX_SIZE,

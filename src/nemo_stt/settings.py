@@ -85,12 +85,13 @@ class Settings(BaseSettings):
     """Largest accepted upload to /transcribe, in MB; larger ones get 413."""
 
     # Batching (every front end's requests share one queue)
-    BATCH_MAX_SIZE: int | None = Field(default=None, ge=1)
-    """Most requests in one forward; unset means 4 on CPU and 16 on GPU."""
+    BATCH_MAX_SIZE: int = Field(default=16, ge=1)
+    """Most requests in one forward (on CPU too: measured in benchmarks/throughput.py)."""
     BATCH_MAX_AUDIO_SEC: float = Field(default=120, gt=0)
     """Most padded audio in one forward (longest item x items), in seconds."""
     BATCH_MAX_WAIT_MS: float = Field(default=5, ge=0)
-    """How long an inference loop holding a request waits for others to batch with it."""
+    """How long a forming batch waits for the next request: it waits while requests keep coming at most
+    this far apart, so a lone request waits this long and a batch at most this x (BATCH_MAX_SIZE - 1)."""
     QUEUE_MAX_SIZE: int = Field(default=64, ge=1)
     """Requests waiting for inference; beyond, HTTP answers 503 with Retry-After."""
 

@@ -6,7 +6,8 @@ Contract:
   used for the later parts of a request already accepted, such as the windows of a long file).
 - `workers` inference loops each take the oldest waiting request, add the waiting requests closest
   to it in length (to limit padding) until `max_batch_items` or `max_batch_seconds` of padded audio,
-  waiting at most `max_wait` for more to arrive, run one forward and resolve each caller's future.
+  waiting for more while they arrive at most `max_wait` apart, run one forward and resolve each
+  caller's future.
   One loop forms a batch at a time (as a scheduler thread would), so that loops freed together do
   not split the requests arriving together between them.
 - A batch whose forward fails is retried one request at a time, so that a bad request fails alone.
@@ -50,7 +51,7 @@ class BatchPolicy:
     max_batch_seconds: float = 60.0
     """Padded audio per batch: longest item x items."""
     max_wait: float = 0.005
-    """Seconds a loop waits for more requests once it holds one."""
+    """Seconds a forming batch waits for the next request (see `Batcher._collect`)."""
     queue_size: int = 64
     release_after_idle: float = 10.0
     """Seconds without requests after which the loops' free memory goes back to the system (`on_idle`)."""
@@ -130,7 +131,12 @@ class Batcher:
                 self._cond.notify_all()  # the next free loop may form a batch; room for blocked submitters
 
     def _collect(self) -> list[_Request]:
-        """The oldest request and those closest to it in length, waiting up to `max_wait` for more."""
+        """The oldest request and those closest to it in length, waiting for more while they keep coming.
+
+        The wait ends `max_wait` after the last arrival: a lone request waits `max_wait`, a batch at
+        most `max_wait x (max_batch_items - 1)`. The answers of one batch come back as a group of
+        requests spread over the clients' round trips, which a fixed wait from the first would cut.
+        """
         first = self._pending.pop(0)
         batch = [first]
         deadline = time.monotonic() + self.policy.max_wait
@@ -145,6 +151,7 @@ class Batcher:
             if candidate is None:
                 break
             batch.append(candidate)
+            deadline = time.monotonic() + self.policy.max_wait
         return batch
 
     def _closest(self, first: _Request, batch: list[_Request]) -> _Request | None:
