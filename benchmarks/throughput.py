@@ -216,8 +216,8 @@ def main() -> None:
             "batching off (2 loops x 1 thread, batch 1)": {"CONCURRENCY": "1", "NUM_THREADS": "1",
                                                           "BATCH_MAX_SIZE": "1"},
             "batching on (1 loop x 2 threads, batch <= 4)": {"CONCURRENCY": "0", "BATCH_MAX_SIZE": "4"},
-            "batching on, defaults (1 loop x 2 threads, batch <= 8)": {},
-            "batching on (1 loop x 2 threads, batch <= 16)": {"CONCURRENCY": "0", "BATCH_MAX_SIZE": "16"},
+            "batching on (1 loop x 2 threads, batch <= 8)": {"CONCURRENCY": "0", "BATCH_MAX_SIZE": "8"},
+            "batching on, defaults (1 loop x 2 threads, batch <= 16)": {},
             "batching on (2 loops x 1 thread, batch <= 4)": {"CONCURRENCY": "1", "BATCH_MAX_SIZE": "4"},
             "batching on (2 loops x 1 thread, batch <= 8)": {"CONCURRENCY": "1", "BATCH_MAX_SIZE": "8"},
         }
@@ -229,6 +229,7 @@ def main() -> None:
                   f"({figures['audio_s_per_s'] / reference:.2f} x ceiling; ceiling layout right after: "
                   f"{again:.1f}), p50 {figures['p50']:.2f} s, p95 {figures['p95']:.2f} s, "
                   f"{figures['requests']} requests; the clients used {figures['client_cores']:.2f} cores", flush=True)
+
 
 if __name__ == "__main__":
     main()
