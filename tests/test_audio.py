@@ -123,3 +123,18 @@ def test_a_truncated_wav_gives_the_audio_it_holds():
     data = wav_bytes(0.3 * np.sin(np.arange(32000) / 10), 16000)
     audio = decode_audio(data[: 44 + 48000], 16000)  # 1.5 s of the 2 s the header announces
     assert len(audio) == 24000
+
+
+def test_only_small_wav_and_flac_count_as_quick_to_decode_and_the_check_reads_nothing_away():
+    small = wav_bytes(np.zeros(16000, dtype=np.float32), 16000)
+    large = wav_bytes(np.zeros(10 * 16000, dtype=np.float32), 16000)  # 320 kB
+    assert audio_module.decodes_quickly(small)
+    assert not audio_module.decodes_quickly(large)
+    assert audio_module.decodes_quickly((FIXTURES / "old_house.flac").read_bytes())
+    assert not audio_module.decodes_quickly((FIXTURES / "red_car.mp3").read_bytes())  # FFmpeg's probe costs more
+    assert not audio_module.decodes_quickly(FIXTURES / "anna_bread.wav")  # a path: reading it may block
+    upload = io.BytesIO(b"form preamble" + small)
+    upload.seek(len(b"form preamble"))
+    assert audio_module.decodes_quickly(upload)
+    assert upload.tell() == len(b"form preamble")
+    assert len(decode_audio(upload, 16000)) == 16000

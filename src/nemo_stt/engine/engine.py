@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..audio import AudioSource, AudioStream
+from ..audio import AudioSource, AudioStream, decodes_quickly
 from ..results import Transcript, Word
 from .batcher import Batcher, BatchPolicy, QueueFull
 from .cache_aware_stream import CacheAwareStreamer, supports_cache_aware_streaming
@@ -141,9 +141,11 @@ class Engine:
 
         Raises QueueFull at once when the engine's queue is full.
         """
-        stream = await asyncio.to_thread(AudioStream, source, self.sample_rate)
+        if decodes_quickly(source):
+            stream, head, rest = self._open_head(source)  # on the event loop: cheaper than a thread hop
+        else:
+            stream, head, rest = await asyncio.to_thread(self._open_head, source)
         try:
-            head, rest = await asyncio.to_thread(self._read_head, stream)
             if rest is not None:
                 return await asyncio.to_thread(self._transcribe_windows, _chain([head], rest), stream.duration,
                                                language, None)
@@ -156,6 +158,15 @@ class Engine:
             for _, future in pieces:
                 future.cancel()
         return self._assemble([offset for offset, _ in pieces], outputs, language)
+
+    def _open_head(self, source: AudioSource):
+        """Open `source` and read its head, in one call: each hop between threads costs the event loop."""
+        stream = AudioStream(source, self.sample_rate)
+        try:
+            return stream, *self._read_head(stream)
+        except BaseException:
+            stream.close()
+            raise
 
     def _read_head(self, stream: AudioStream):
         """The audio up to the long-file threshold, and the iterator of the rest (None when there is none)."""
