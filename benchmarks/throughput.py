@@ -3,16 +3,19 @@
     python benchmarks/throughput.py                          # demo model
     python benchmarks/throughput.py --model build/bench-medium.nemo --architecture hybrid_bpe_ctc
 
-In one run: the raw model (preprocessor, encoder and decoding called directly, in a process of its
-own) on the files at several batch sizes and thread layouts, keeping the best as the ceiling; then
-`nemo-stt serve` under 16 concurrent clients sending 3 to 6-s files, with batching off and on.
-Prints audio seconds per second, p50/p95 latency, and each service figure as a ratio of the ceiling.
+In one run: the raw model (preprocessor, encoder and decoding called directly, on length-sorted
+batches, in processes of their own) on the files at several batch sizes and thread layouts, keeping
+the best as the ceiling; then `nemo-stt serve` under 16 concurrent clients sending 3 to 6-s files,
+with batching off and on. Prints audio seconds per second, p50/p95 latency, and each service figure
+as a ratio of the ceiling.
 
 The ceiling counts the raw layouts that hold at most as many requests at once as there are clients
 (workers x batch <= clients): 16 clients never have more than 16 requests in the server. Raw
 layouts beyond that are printed for reference. The speed of this shared machine drifts by tens of
-per cent over minutes, so the ceiling's layout is measured again right after each service figure,
-and each ratio is against the higher of that measurement and the first.
+per cent within a minute, so nothing is compared across minutes: the raw layouts are measured in
+turn, and each service configuration runs in slices of a few seconds, each between two slices of
+the ceiling's layout (the raw model kept loaded in its process); a slice's ratio is against the mean
+of the two, and a configuration's ratio is the median over its slices.
 """
 
 import argparse
@@ -28,6 +31,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import aiohttp
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
@@ -69,17 +73,33 @@ def raw_layouts(clients: int) -> list[tuple[int, int, int, bool]]:
     return [(threads, workers, batch, workers * batch <= clients) for threads, workers, batch in layouts]
 
 
-def raw_throughput(model: str | None, architecture: str | None, paths: list[Path], threads: int, workers: int,
-                   batch: int) -> float:
-    """Audio-s/s of the bare forward in one layout (in a fresh process)."""
-    command = [sys.executable, __file__, "--raw-worker", json.dumps(
-        {"model": model, "architecture": architecture, "threads": threads, "workers": workers, "batch": batch,
-         "files": [str(p) for p in paths]}
-    )]
-    return float(subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+class RawModel:
+    """The bare model in one layout, loaded in a process of its own and kept there between measurements."""
+
+    def __init__(self, model: str | None, architecture: str | None, paths: list[Path], threads: int, workers: int,
+                 batch: int):
+        spec = {"model": model, "architecture": architecture, "threads": threads, "workers": workers, "batch": batch,
+                "files": [str(p) for p in paths]}
+        self.process = subprocess.Popen([sys.executable, __file__, "--raw-worker", json.dumps(spec)],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                        env={**os.environ, "NEMO_REDIRECT_LOGS_TO_STDERR": "1"})
+
+    def measure(self, repeats: int) -> float:
+        """Audio-s/s over `repeats` passes on the files."""
+        self.process.stdin.write(f"{repeats}\n")
+        self.process.stdin.flush()
+        while line := self.process.stdout.readline():
+            if line.startswith("audio-s/s "):
+                return float(line.split()[1])
+        raise RuntimeError(f"the raw worker ended with {self.process.wait()}")
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait()
 
 
 def raw_worker(spec: dict) -> None:
+    """Measure on request: each line of stdin names a number of passes; each answer is a line of stdout."""
     import torch
 
     from nemo_stt.audio import decode_audio
@@ -96,92 +116,115 @@ def raw_worker(spec: dict) -> None:
 
     torch.set_num_threads(spec["threads"])
     # As in the engine, only the threads that run the model keep an OpenMP pool: loading on a thread
-    # that ends, warm-up on the workers' threads.
+    # that ends, the work on the pool's threads, the same ones for every measurement.
     transcriber = on_passing_thread(load)
     audios = sorted((decode_audio(path, 16000) for path in spec["files"]), key=len)
     batch = spec["batch"]
     groups = [audios[i:i + batch] for i in range(0, len(audios), batch)]
     shares = [groups[i::spec["workers"]] for i in range(spec["workers"])]
-    repeats = 8
-    warm = threading.Barrier(spec["workers"] + 1)
+    together = threading.Barrier(spec["workers"] + 1)
 
-    def work(share: list) -> None:
-        transcriber.transcribe_batch(groups[0])  # warm-up
-        warm.wait()
+    def work(share: list, repeats: int) -> None:
+        together.wait()
         for _ in range(repeats):
             for group in share:
                 transcriber.transcribe_batch(group)
 
-    with ThreadPoolExecutor(spec["workers"]) as pool:
-        running = [pool.submit(work, share) for share in shares]
-        warm.wait()
+    def run(repeats: int) -> float:
+        running = [pool.submit(work, share, repeats) for share in shares]
+        together.wait()  # every worker on its own thread
         started = time.perf_counter()
         for future in running:
             future.result()
-    elapsed = time.perf_counter() - started
-    print(repeats * sum(len(a) for a in audios) / 16000 / elapsed)
+        return repeats * sum(len(a) for a in audios) / 16000 / (time.perf_counter() - started)
+
+    with ThreadPoolExecutor(spec["workers"]) as pool:
+        run(1)  # warm-up
+        for line in sys.stdin:
+            print(f"audio-s/s {run(int(line))}", flush=True)
 
 
-def run_service(model: str | None, architecture: str | None, paths: list[Path], env: dict, clients: int,
-                rounds: int) -> dict:
-    """16 clients (coroutines of one asyncio loop: a load generator that leaves the cores to the server)."""
-    from conftest import ServerProcess
+class Service:
+    """`nemo-stt serve` with closed-loop clients (coroutines of one asyncio loop: a load generator that
+    leaves the cores to the server), driven in slices."""
 
-    full_env = {"VAD": "false", **env}
-    if model:
-        full_env["MODEL"] = model
-    if architecture:
-        full_env["ARCHITECTURE"] = architecture
-    server = ServerProcess(full_env)
-    try:
-        return asyncio.run(_load(server.url, paths, clients, rounds))
-    finally:
-        server.stop()
+    def __init__(self, model: str | None, architecture: str | None, paths: list[Path], env: dict, clients: int):
+        from conftest import ServerProcess
 
+        full_env = {"VAD": "false", **env}
+        if model:
+            full_env["MODEL"] = model
+        if architecture:
+            full_env["ARCHITECTURE"] = architecture
+        self.server = ServerProcess(full_env)
+        self.clients = clients
+        self.payloads = [(p.name, p.read_bytes()) for p in paths]
+        self.durations = {p.name: (len(p.read_bytes()) - 44) / 32000 for p in paths}
+        self.sent = 0
 
-async def _load(url: str, paths: list[Path], clients: int, rounds: int) -> dict:
-    import aiohttp
+    async def slice(self, session, rounds: int) -> tuple[float, float, list[float]]:
+        """Each client sends `rounds` requests, one after the other: (audio seconds, elapsed, latencies)."""
+        latencies: list[float] = []
 
-    payloads = [(p.name, p.read_bytes()) for p in paths]
-    durations = {p.name: (len(p.read_bytes()) - 44) / 32000 for p in paths}
-    latencies: list[float] = []
-
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
-        async def client(index: int, requests: int) -> float:
+        async def client(index: int) -> float:
             audio = 0.0
-            for round_index in range(requests):
-                name, data = payloads[(index + round_index * clients) % len(payloads)]
+            for round_index in range(rounds):
+                name, data = self.payloads[(index + (self.sent + round_index) * self.clients) % len(self.payloads)]
                 form = aiohttp.FormData()
                 form.add_field("file", data, filename=name)
                 started = time.perf_counter()
-                async with session.post(f"{url}/transcribe", data=form) as response:
+                async with session.post(f"{self.server.url}/transcribe", data=form) as response:
                     response.raise_for_status()
                     await response.read()
                 latencies.append(time.perf_counter() - started)
-                audio += durations[name]
+                audio += self.durations[name]
             return audio
 
-        await client(0, 2)  # warm-up
-        latencies.clear()
-        cpu_before, started = time.process_time(), time.perf_counter()
-        audio = sum(await asyncio.gather(*(client(index, rounds) for index in range(clients))))
-        elapsed = time.perf_counter() - started
-        client_cpu = time.process_time() - cpu_before
-    latencies.sort()
-    return {
-        "audio_s_per_s": audio / elapsed,
-        "p50": statistics.median(latencies),
-        "p95": latencies[int(0.95 * (len(latencies) - 1))],
-        "requests": len(latencies),
-        "client_cores": client_cpu / elapsed,
-    }
+        started = time.perf_counter()
+        audio = sum(await asyncio.gather(*(client(index) for index in range(self.clients))))
+        self.sent += rounds
+        return audio, time.perf_counter() - started, latencies
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+def measure_service(service: Service, raw: RawModel, slices: int, rounds: int, raw_repeats: int) -> dict:
+    """Service slices alternating with slices of the raw model, so that each service figure has a ceiling
+    measured seconds before and after it: this machine's speed drifts by tens of per cent over minutes."""
+
+    async def run() -> dict:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
+            await service.slice(session, 2)  # warm-up: every client, every batch size
+            ceilings = [raw.measure(raw_repeats)]
+            audio = elapsed = 0.0
+            ratios, latencies = [], []
+            for _ in range(slices):
+                slice_audio, slice_elapsed, slice_latencies = await service.slice(session, rounds)
+                ceilings.append(raw.measure(raw_repeats))
+                ratios.append(slice_audio / slice_elapsed / ((ceilings[-2] + ceilings[-1]) / 2))
+                audio, elapsed = audio + slice_audio, elapsed + slice_elapsed
+                latencies += slice_latencies
+        latencies.sort()
+        return {
+            "audio_s_per_s": audio / elapsed,
+            "ratio": statistics.median(ratios),
+            "ratios": ratios,
+            "ceiling": statistics.median(ceilings),
+            "p50": statistics.median(latencies),
+            "p95": latencies[int(0.95 * (len(latencies) - 1))],
+            "requests": len(latencies),
+        }
+
+    return asyncio.run(run())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help=".nemo path (default: the demo model)")
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=32, help="requests per client")
+    parser.add_argument("--slices", type=int, default=5, help="service slices per configuration")
+    parser.add_argument("--rounds", type=int, default=6, help="requests per client in a slice")
     # A random-weight RNNT head emits up to max_symbols tokens on every frame, which no trained model
     # does: benchmark random models with their CTC head (hybrid_bpe_ctc).
     parser.add_argument("--architecture", help="ARCHITECTURE for the raw model and the service")
@@ -198,18 +241,33 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         paths = make_files(Path(work), 24)
         total = sum((len(p.read_bytes()) - 44) / 32000 for p in paths)
+        # A raw slice holds as much audio as a service slice, so that both last about as long.
+        raw_repeats = max(1, round(args.clients * args.rounds / len(paths)))
         print(f"model: {args.model or 'demo'}; {len(paths)} files, {total:.0f} s of audio; {os.cpu_count()} cores; "
-              f"{'jemalloc' if jemalloc_loaded() else 'system malloc'}")
-        best_layout, ceiling = None, 0.0
-        for threads, workers, batch, reachable in raw_layouts(args.clients):
-            value = raw_throughput(args.model, args.architecture, paths, threads, workers, batch)
-            note = "" if reachable else f" (holds {workers * batch} requests: beyond {args.clients} clients)"
-            print(f"raw model, {workers} x {threads} threads, batch {batch}: {value:7.1f} audio-s/s{note}", flush=True)
-            if reachable and value > ceiling:
-                best_layout, ceiling = (threads, workers, batch), value
-        threads, workers, batch = best_layout
-        print(f"ceiling (best raw layout within {args.clients} requests): {ceiling:.1f} audio-s/s "
-              f"({workers} x {threads} threads, batch {batch})")
+              f"{'jemalloc' if jemalloc_loaded() else 'system malloc'}; {args.clients} clients; "
+              f"{args.slices} slices of {args.rounds} requests per client per configuration")
+        layouts = raw_layouts(args.clients)
+        raws = [RawModel(args.model, args.architecture, paths, *layout[:3]) for layout in layouts]
+        best = None  # index of the ceiling's layout, whose process stays
+        try:
+            # Layouts in turn, three times, each keeping its median: drift touches them all alike.
+            measured = [[] for _ in raws]
+            for _ in range(3):
+                for raw, values in zip(raws, measured, strict=True):
+                    values.append(raw.measure(raw_repeats))
+            medians = [statistics.median(values) for values in measured]
+            for (threads, workers, batch, reachable), value in zip(layouts, medians, strict=True):
+                note = "" if reachable else f" (holds {workers * batch} requests: beyond {args.clients} clients)"
+                print(f"raw model, {workers} x {threads} threads, batch {batch}: {value:7.1f} audio-s/s{note}",
+                      flush=True)
+            best = max((i for i, layout in enumerate(layouts) if layout[3]), key=lambda i: medians[i])
+        finally:
+            for index, raw in enumerate(raws):
+                if index != best:
+                    raw.close()
+        threads, workers, batch, _ = layouts[best]
+        print(f"ceiling: {workers} x {threads} threads, batch {batch} (the best raw layout within {args.clients} "
+              "requests), measured between the service's slices", flush=True)
         configs = {
             "batching off (1 loop x 2 threads, batch 1)": {"CONCURRENCY": "0", "NUM_THREADS": "2",
                                                           "BATCH_MAX_SIZE": "1"},
@@ -221,14 +279,21 @@ def main() -> None:
             "batching on (2 loops x 1 thread, batch <= 4)": {"CONCURRENCY": "1", "BATCH_MAX_SIZE": "4"},
             "batching on (2 loops x 1 thread, batch <= 8)": {"CONCURRENCY": "1", "BATCH_MAX_SIZE": "8"},
         }
-        for label, env in configs.items():
-            figures = run_service(args.model, args.architecture, paths, env, args.clients, args.rounds)
-            again = raw_throughput(args.model, args.architecture, paths, *best_layout)
-            reference = max(ceiling, again)
-            print(f"service, {label}: {figures['audio_s_per_s']:7.1f} audio-s/s "
-                  f"({figures['audio_s_per_s'] / reference:.2f} x ceiling; ceiling layout right after: "
-                  f"{again:.1f}), p50 {figures['p50']:.2f} s, p95 {figures['p95']:.2f} s, "
-                  f"{figures['requests']} requests; the clients used {figures['client_cores']:.2f} cores", flush=True)
+        ceiling = raws[best]
+        try:
+            for label, env in configs.items():
+                service = Service(args.model, args.architecture, paths, env, args.clients)
+                try:
+                    figures = measure_service(service, ceiling, args.slices, args.rounds, raw_repeats)
+                finally:
+                    service.stop()
+                print(f"service, {label}: {figures['audio_s_per_s']:7.1f} audio-s/s, "
+                      f"{figures['ratio']:.2f} x ceiling (median of "
+                      f"{', '.join(f'{r:.2f}' for r in figures['ratios'])}; ceiling {figures['ceiling']:.1f}), "
+                      f"p50 {figures['p50']:.2f} s, p95 {figures['p95']:.2f} s, {figures['requests']} requests",
+                      flush=True)
+        finally:
+            ceiling.close()
 
 
 if __name__ == "__main__":
