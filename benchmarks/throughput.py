@@ -223,7 +223,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help=".nemo path (default: the demo model)")
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--slices", type=int, default=5, help="service slices per configuration")
+    parser.add_argument("--slices", type=int, default=8, help="service slices per configuration")
     parser.add_argument("--rounds", type=int, default=6, help="requests per client in a slice")
     # A random-weight RNNT head emits up to max_symbols tokens on every frame, which no trained model
     # does: benchmark random models with their CTC head (hybrid_bpe_ctc).

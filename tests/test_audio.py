@@ -89,10 +89,28 @@ def test_pcm16_and_resample_helpers():
 
 
 @pytest.mark.parametrize("name", ["anna_bread.wav", "pilot_train.wav", "old_house.flac"])
-def test_wav_and_flac_read_by_libsndfile_give_the_samples_ffmpeg_gives(name, monkeypatch):
-    fast = decode_audio(FIXTURES / name, 16000)
+def test_wav_and_flac_read_without_ffmpeg_give_the_samples_ffmpeg_gives(name, monkeypatch):
+    data = (FIXTURES / name).read_bytes()
+    first_choice = decode_audio(io.BytesIO(data), 16000)
+    monkeypatch.setattr(audio_module._WaveReader, "open", classmethod(lambda cls, source: None))
+    libsndfile = decode_audio(io.BytesIO(data), 16000)
     monkeypatch.setattr(audio_module, "_open_lossless", lambda source: None)
-    np.testing.assert_allclose(fast, decode_audio(FIXTURES / name, 16000), atol=1e-6)
+    ffmpeg = decode_audio(io.BytesIO(data), 16000)
+    np.testing.assert_allclose(first_choice, ffmpeg, atol=1e-6)
+    np.testing.assert_allclose(libsndfile, ffmpeg, atol=1e-6)
+
+
+def test_16_bit_wav_is_read_by_the_standard_library_and_other_sample_formats_by_libsndfile():
+    import soundfile
+
+    tone = 0.3 * np.sin(np.arange(8000) / 10)
+    stereo = wav_bytes(np.repeat(tone, 2), 16000, channels=2)  # the same tone on both channels
+    assert isinstance(audio_module._open_lossless(io.BytesIO(stereo)), audio_module._WaveReader)
+    np.testing.assert_allclose(decode_audio(stereo, 16000), tone, atol=1e-4)
+    buffer = io.BytesIO()
+    soundfile.write(buffer, tone, 16000, format="WAV", subtype="FLOAT")
+    assert isinstance(audio_module._open_lossless(io.BytesIO(buffer.getvalue())), audio_module._SoundFileReader)
+    np.testing.assert_allclose(decode_audio(buffer.getvalue(), 16000), tone, atol=1e-6)
 
 
 def wav_with_codec(codec: str, samples: np.ndarray, rate: int) -> bytes:
