@@ -73,6 +73,9 @@ class Engine:
         self.batcher = Batcher(self.transcriber.transcribe_batch, self.sample_rate, config.batching,
                                on_idle=release_free_memory)
         self._streamer: CacheAwareStreamer | None = None
+        # Decoding and VAD of the requests of asyncio front ends. One thread: silero runs torch, and each
+        # thread that does keeps an OpenMP pool (see `on_passing_thread`); auditok holds the interpreter lock.
+        self._preparing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare")
         policy = config.batching
         log.info("model ready: %s (%s, %s decoding) on %s; %d inference loop(s) x %d thread(s), batches of up to "
                  "%d items / %g s, VAD %s, %s attention", config.model or "demo model", type(self.model).__name__,
@@ -141,17 +144,18 @@ class Engine:
 
         Raises QueueFull at once when the engine's queue is full.
         """
-        if decodes_quickly(source):
-            stream, head, rest = self._open_head(source)  # on the event loop: cheaper than a thread hop
+        if self.vad is None and decodes_quickly(source):
+            stream, head, rest, spans = self._prepare(source)  # on the event loop: cheaper than a thread hop
         else:
-            stream, head, rest = await asyncio.to_thread(self._open_head, source)
+            stream, head, rest, spans = await asyncio.get_running_loop().run_in_executor(self._preparing,
+                                                                                      self._prepare, source)
         try:
             if rest is not None:
                 return await asyncio.to_thread(self._transcribe_windows, _chain([head], rest), stream.duration,
                                                language, None)
         finally:
             stream.close()
-        pieces = self._submit_piece(head, 0.0, block=False)
+        pieces = self._submit_spans(head, spans, 0.0, block=False)
         try:
             outputs = [await asyncio.wrap_future(future) for _, future in pieces]
         finally:
@@ -159,11 +163,13 @@ class Engine:
                 future.cancel()
         return self._assemble([offset for offset, _ in pieces], outputs, language)
 
-    def _open_head(self, source: AudioSource):
-        """Open `source` and read its head, in one call: each hop between threads costs the event loop."""
+    def _prepare(self, source: AudioSource):
+        """The work before the queue in one call (each hop between threads costs the event loop): open
+        `source`, read its head and, when that is the whole file, find its speech."""
         stream = AudioStream(source, self.sample_rate)
         try:
-            return stream, *self._read_head(stream)
+            head, rest = self._read_head(stream)
+            return stream, head, rest, self._speech_spans(head) if rest is None else []
         except BaseException:
             stream.close()
             raise
@@ -220,10 +226,16 @@ class Engine:
 
         With `block`, waits for room in the queue; without, raises QueueFull and queues none of them.
         """
+        return self._submit_spans(audio, self._speech_spans(audio), offset, block)
+
+    def _speech_spans(self, audio: np.ndarray) -> list[tuple[float, float]]:
+        """(start, end) seconds of the speech in `audio`, as the VAD finds it; without VAD, all of it."""
         if self.vad is None:
-            spans = [(0.0, len(audio) / self.sample_rate)] if len(audio) else []
-        else:
-            spans = self.vad.segments(audio)
+            return [(0.0, len(audio) / self.sample_rate)] if len(audio) else []
+        return self.vad.segments(audio)
+
+    def _submit_spans(self, audio: np.ndarray, spans: list[tuple[float, float]], offset: float,
+                      block: bool) -> list[tuple[float, Future]]:
         pieces: list[tuple[float, Future]] = []
         try:
             for start, end in spans:
@@ -272,6 +284,7 @@ class Engine:
             future.result()
 
     def close(self) -> None:
+        self._preparing.shutdown(wait=False, cancel_futures=True)
         self.batcher.close()
         if self._streamer is not None:
             self._streamer.close()
