@@ -137,6 +137,12 @@ def test_a_wav_whose_codec_libsndfile_does_not_read_is_decoded_by_ffmpeg():
     assert abs(np.argmax(np.abs(np.fft.rfft(audio))) * 16000 / len(audio) - 440) < 2
 
 
+def test_a_wav_header_followed_by_junk_is_refused_with_a_clear_error():
+    data = (FIXTURES / "anna_bread.wav").read_bytes()[:40] + b"\x13" * 100  # the data chunk's size is junk
+    with pytest.raises(AudioDecodeError, match=r"could not be decoded|not a readable audio file"):
+        decode_audio(data, 16000)
+
+
 def test_a_truncated_wav_gives_the_audio_it_holds():
     data = wav_bytes(0.3 * np.sin(np.arange(32000) / 10), 16000)
     audio = decode_audio(data[: 44 + 48000], 16000)  # 1.5 s of the 2 s the header announces

@@ -152,7 +152,7 @@ class _WaveReader:
         """None for what `wave` does not read (other sample formats, WAVE_FORMAT_EXTENSIBLE, damage)."""
         try:
             wav = wave.open(str(source) if isinstance(source, Path) else source, "rb")  # noqa: SIM115 (closed by close())
-        except (wave.Error, EOFError, ValueError):
+        except (wave.Error, EOFError, ValueError, RuntimeError):  # RuntimeError: a chunk runs past the end
             return None
         if wav.getsampwidth() != 2 or wav.getframerate() <= 0 or wav.getnchannels() <= 0:
             wav.close()
@@ -164,10 +164,18 @@ class _WaveReader:
 
     def blocks(self) -> Iterator[tuple[np.ndarray, int]]:
         rate, channels = self._wav.getframerate(), self._wav.getnchannels()
-        while data := self._wav.readframes(self.BLOCK_SECONDS * rate):
+        produced = False
+        while True:
+            try:
+                data = self._wav.readframes(self.BLOCK_SECONDS * rate)
+            except (wave.Error, EOFError, RuntimeError) as error:
+                if not produced:
+                    raise AudioDecodeError(f"the audio could not be decoded ({_reason(error)})") from None
+                return  # a truncated file: keep what decoded, as players do
             whole = len(data) - len(data) % (2 * channels)  # a truncated file may end inside a frame
             if whole == 0:
                 return
+            produced = True
             yield _mono(pcm16_to_float(data[:whole]).reshape(-1, channels).T), rate
 
 
