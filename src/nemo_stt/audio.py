@@ -80,8 +80,8 @@ def decodes_quickly(source: AudioSource) -> bool:
     """Whether `source` is in-memory or seekable WAV/FLAC of at most QUICK_DECODE_BYTES.
 
     Such a file costs less to decode on the caller's thread than the hand-off to another thread,
-    whose reads (libsndfile's callbacks into Python) each wait for the interpreter lock while the
-    caller's thread runs.
+    whose reads of the upload (Python file calls, from libsndfile's callbacks too) each wait for the
+    interpreter lock while the caller's thread runs.
     """
     if isinstance(source, bytes):
         return len(source) <= QUICK_DECODE_BYTES and source[:4] in _LOSSLESS_HEADERS
