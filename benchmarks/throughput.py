@@ -68,6 +68,11 @@ def make_files(directory: Path, count: int, seed: int = 5) -> list[Path]:
     return paths
 
 
+def wav_seconds(path: Path) -> float:
+    """Duration of a file written by `make_files` (16-kHz 16-bit mono, 44-byte header)."""
+    return (path.stat().st_size - 44) / 32000
+
+
 def raw_layouts(clients: int) -> list[tuple[int, int, int, bool]]:
     """(threads, workers, batch, within the clients' reach) for the raw model on 2 cores."""
     layouts = [(2, 1, 1), (2, 1, 4), (2, 1, 8), (2, 1, 16), (1, 2, 1), (1, 2, 4), (1, 2, 8), (1, 2, 12)]
@@ -160,7 +165,7 @@ class Service:
         self.server = ServerProcess(full_env)
         self.clients = clients
         self.payloads = [(p.name, p.read_bytes()) for p in paths]
-        self.durations = {p.name: (len(p.read_bytes()) - 44) / 32000 for p in paths}
+        self.durations = {p.name: wav_seconds(p) for p in paths}
         self.sent = 0
 
     async def slice(self, rounds: int) -> tuple[float, float, list[float]]:
@@ -247,7 +252,7 @@ def main() -> None:
     relaunch_on_jemalloc([sys.executable, *sys.argv], load_settings())
     with tempfile.TemporaryDirectory() as work:
         paths = make_files(Path(work), 24)
-        total = sum((len(p.read_bytes()) - 44) / 32000 for p in paths)
+        total = sum(wav_seconds(p) for p in paths)
         # A raw slice holds as much audio as a service slice, so that both last about as long.
         raw_repeats = max(1, round(args.clients * args.rounds / len(paths)))
         print(f"model: {args.model or 'demo'}; {len(paths)} files, {total:.0f} s of audio; {os.cpu_count()} cores; "
