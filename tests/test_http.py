@@ -48,7 +48,10 @@ def test_healthcheck_and_swagger(http_server):
     docs = httpx.get(f"{http_server.url}/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
     schema = httpx.get(f"{http_server.url}/openapi.json").json()
-    assert "/transcribe" in schema["paths"]
+    body = schema["paths"]["/transcribe"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert body["required"] == ["file"]
+    assert body["properties"]["file"]["format"] == "binary"  # Swagger UI offers a file picker
+    assert body["properties"]["language"]["type"] == "string"
 
 
 def test_json_transcripts_of_every_format(http_server, fixture_texts):
@@ -117,7 +120,22 @@ def test_silence_and_zero_length_audio_give_empty_transcripts(http_server):
 def test_a_missing_file_is_422(http_server):
     response = httpx.post(f"{http_server.url}/transcribe", data={"language": "en"})
     assert response.status_code == 422
-    assert "file" in response.text
+    assert response.json()["detail"][0]["loc"] == ["body", "file"]
+
+
+def test_form_fields_of_the_wrong_kind_are_422(http_server):
+    # `file` as a text field, then `language` as a file.
+    response = httpx.post(f"{http_server.url}/transcribe", data={"file": "anna_bread.wav"})
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "file"]
+    response = httpx.post(f"{http_server.url}/transcribe",
+                          files={"file": ("a.wav", silent_wav(0.5)), "language": ("fr.txt", b"fr")})
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "language"]
+
+
+def test_a_malformed_multipart_body_is_400(http_server):
+    response = httpx.post(f"{http_server.url}/transcribe", content=b"--x\r\nnot a part",
+                          headers={"content-type": "multipart/form-data"})
+    assert response.status_code == 400 and "boundary" in response.json()["detail"]
 
 
 @pytest.mark.parametrize(("name", "data"), [
