@@ -240,6 +240,8 @@ def main() -> None:
     # A random-weight RNNT head emits up to max_symbols tokens on every frame, which no trained model
     # does: benchmark random models with their CTC head (hybrid_bpe_ctc).
     parser.add_argument("--architecture", help="ARCHITECTURE for the raw model and the service")
+    parser.add_argument("--only", action="append", metavar="TEXT",
+                        help="run only the service configurations whose label contains TEXT (repeatable)")
     parser.add_argument("--raw-worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.raw_worker:
@@ -292,6 +294,8 @@ def main() -> None:
             "batching on (2 loops x 1 thread, batch <= 4)": {"CONCURRENCY": "1", "BATCH_MAX_SIZE": "4"},
             "batching on (2 loops x 1 thread, batch <= 8)": {"CONCURRENCY": "1", "BATCH_MAX_SIZE": "8"},
         }
+        if args.only:
+            configs = {label: env for label, env in configs.items() if any(text in label for text in args.only)}
         ceiling = [raws[i] for i in best]
         try:
             for label, env in configs.items():
