@@ -74,8 +74,8 @@ def wav_seconds(path: Path) -> float:
 
 
 def raw_layouts(clients: int) -> list[tuple[int, int, int, bool]]:
-    """(threads, workers, batch, within the clients' reach) for the raw model on 2 cores; the first and the
-    last give the time of a request alone on two threads and on one."""
+    """(threads, workers, batch, within the clients' reach) for the raw model on 2 cores; (2, 1, 1) and
+    (1, 1, 1) give the time of a request alone on two threads and on one."""
     layouts = [(2, 1, 1), (2, 1, 4), (2, 1, 8), (2, 1, 16), (1, 2, 1), (1, 2, 4), (1, 2, 8), (1, 2, 12), (1, 1, 1)]
     return [(threads, workers, batch, workers * batch <= clients) for threads, workers, batch in layouts]
 
@@ -275,8 +275,9 @@ def main() -> None:
                 note = "" if reachable else f" (holds {workers * batch} requests: beyond {args.clients} clients)"
                 print(f"raw model, {workers} x {threads} threads, batch {batch}: {value:7.1f} audio-s/s{note}",
                       flush=True)
-            alone = [total / len(paths) / medians[i] * 1000 for i in (0, -1)]
-            print(f"a request alone ({total / len(paths):.1f} s of audio on average): {alone[0]:.0f} ms on 2 threads, "
+            mean_seconds = total / len(paths)
+            alone = {threads: mean_seconds / medians[layouts.index((threads, 1, 1, True))] * 1000 for threads in (2, 1)}
+            print(f"a request alone ({mean_seconds:.1f} s of audio on average): {alone[2]:.0f} ms on 2 threads, "
                   f"{alone[1]:.0f} ms on 1 (what one loop of all the cores gives a request that arrives alone)",
                   flush=True)
             # The two best within reach: when they are close, noise alone would pick one of them.
