@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from nemo_stt.engine.batcher import Batcher, BatchPolicy, QueueFull
+from nemo_stt.engine.batcher import Batcher, BatchPolicy
 
 RATE = 100
 
@@ -35,7 +35,7 @@ def item(value: float, seconds: float = 1.0) -> np.ndarray:
 
 def test_each_caller_gets_its_own_result_under_concurrency():
     forward = RecordingForward(delay=0.002)
-    batcher = Batcher(forward, RATE, BatchPolicy(workers=2, max_batch_items=8, max_wait=0.002, queue_size=500))
+    batcher = Batcher(forward, RATE, BatchPolicy(workers=2, max_batch_items=8, max_wait=0.002))
     futures = {}
 
     def client(start):
@@ -55,7 +55,7 @@ def test_each_caller_gets_its_own_result_under_concurrency():
 def test_a_batch_takes_the_waiting_requests_up_to_the_item_limit():
     forward = RecordingForward()
     forward.gate.clear()
-    batcher = Batcher(forward, RATE, BatchPolicy(workers=1, max_batch_items=4, max_wait=0.0, queue_size=100))
+    batcher = Batcher(forward, RATE, BatchPolicy(workers=1, max_batch_items=4, max_wait=0.0))
     futures = [batcher.submit(item(v)) for v in range(9)]
     time.sleep(0.05)
     forward.gate.set()
@@ -71,7 +71,7 @@ def test_closed_loop_clients_keep_full_batches_on_two_loops():
     # becomes free while the other gathers a group must leave it whole: two loops each taking part
     # of it would run half batches, and the split would repeat for as long as the load lasts.
     forward = RecordingForward(delay=0.05)
-    batcher = Batcher(forward, RATE, BatchPolicy(workers=2, max_batch_items=8, max_wait=0.01, queue_size=100))
+    batcher = Batcher(forward, RATE, BatchPolicy(workers=2, max_batch_items=8, max_wait=0.01))
 
     def client(value: int) -> None:
         for _ in range(12):
@@ -91,7 +91,7 @@ def test_closed_loop_clients_keep_full_batches_on_two_loops():
 
 def test_a_forming_batch_waits_while_requests_keep_coming():
     forward = RecordingForward()
-    batcher = Batcher(forward, RATE, BatchPolicy(workers=1, max_batch_items=8, max_wait=0.1, queue_size=100))
+    batcher = Batcher(forward, RATE, BatchPolicy(workers=1, max_batch_items=8, max_wait=0.1))
     futures = []
     for value in range(5):  # 0.24 s from first to last: more than max_wait, but never 0.1 s apart
         futures.append(batcher.submit(item(value)))
@@ -106,7 +106,7 @@ def test_a_forming_batch_waits_while_requests_keep_coming():
 def test_a_loop_waits_out_max_wait_whatever_wakes_it():
     # A wake-up that brings no request (another loop leaving, room in the queue) must not end the wait.
     forward = RecordingForward()
-    batcher = Batcher(forward, RATE, BatchPolicy(workers=1, max_batch_items=4, max_wait=0.3, queue_size=100))
+    batcher = Batcher(forward, RATE, BatchPolicy(workers=1, max_batch_items=4, max_wait=0.3))
     first = batcher.submit(item(1))
     time.sleep(0.05)
     with batcher._cond:
@@ -148,25 +148,22 @@ def test_a_failing_request_fails_alone():
     batcher.close()
 
 
-def test_a_full_queue_refuses_with_a_retry_delay_and_blocking_submissions_wait():
+def test_cancelled_pieces_are_skipped_before_their_forward_and_counted_in_the_log(caplog):
     forward = RecordingForward()
     forward.gate.clear()
-    batcher = Batcher(forward, RATE, BatchPolicy(workers=1, max_batch_items=1, max_wait=0.0, queue_size=2))
-    accepted = [batcher.submit(item(0))]
+    batcher = Batcher(forward, RATE, BatchPolicy(workers=1, max_batch_items=2, max_wait=0.0))
+    running = batcher.submit(item(0))
     time.sleep(0.05)  # taken by the loop, which is held
-    accepted += [batcher.submit(item(v)) for v in (1, 2)]
-    with pytest.raises(QueueFull) as full:
-        batcher.submit(item(9))
-    assert full.value.retry_after >= 1
-    blocked = []
-    waiter = threading.Thread(target=lambda: blocked.append(batcher.submit(item(7), block=True)))
-    waiter.start()
-    time.sleep(0.05)
-    assert not blocked
-    forward.gate.set()
-    waiter.join(5)
-    assert round(blocked[0].result(5)) == 7
-    assert [round(f.result(5)) for f in accepted] == [0, 1, 2]
+    left = [batcher.submit(item(v, seconds=2)) for v in (1, 2, 3)]
+    kept = batcher.submit(item(4))
+    for future in left:
+        future.cancel()
+    with caplog.at_level("INFO", logger="nemo_stt.engine.batcher"):
+        forward.gate.set()
+        assert round(kept.result(5)) == 4
+    assert round(running.result(5)) == 0
+    assert forward.batches == [[RATE], [RATE]]  # the three 2-s pieces never reached a forward
+    assert "skipped 3 queued piece(s) of cancelled requests" in caplog.text
     batcher.close()
 
 

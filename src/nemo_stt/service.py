@@ -18,7 +18,6 @@ def engine_config(settings: Settings):
         max_batch_items=settings.BATCH_MAX_SIZE,
         max_batch_seconds=settings.BATCH_MAX_AUDIO_SEC,
         max_wait=settings.BATCH_MAX_WAIT_MS / 1000,
-        queue_size=settings.QUEUE_MAX_SIZE,
     )
     vad = VadConfig(
         method=settings.VAD,
@@ -33,6 +32,7 @@ def engine_config(settings: Settings):
         device=settings.DEVICE,
         num_threads=settings.NUM_THREADS,
         batching=batching,
+        max_requests=settings.QUEUE_MAX_SIZE,
         language=settings.LANGUAGE,
         vad=vad,
         long_file_threshold=settings.LONG_FILE_THRESHOLD,

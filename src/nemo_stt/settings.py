@@ -93,7 +93,8 @@ class Settings(BaseSettings):
     """How long a forming batch waits for the next request: it waits while requests keep coming at most
     this far apart, so a lone request waits this long and a batch at most this x (BATCH_MAX_SIZE - 1)."""
     QUEUE_MAX_SIZE: int = Field(default=64, ge=1)
-    """Requests waiting for inference; beyond, HTTP answers 503 with Retry-After."""
+    """Requests in the engine at once, waiting or running, each with all its VAD segments and long-file
+    windows; beyond, HTTP answers 503 with Retry-After, tasks wait, streams wait for their next decode."""
 
     # Task mode
     SERVICE_NAME: str = "stt"

@@ -1,6 +1,7 @@
 """Model loading and inference. Imports nothing from the front ends."""
 
-from .batcher import BatchPolicy, QueueFull
+from .admission import QueueFull
+from .batcher import BatchPolicy
 from .engine import Engine, EngineConfig
 from .model_loading import ModelLoadError, demo_model_path
 from .vad import VadConfig

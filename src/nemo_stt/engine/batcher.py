@@ -1,9 +1,11 @@
 """Dynamic batching of transcription requests from every front end.
 
 Contract:
-- `submit(audio)` puts a request into one bounded queue and returns a `concurrent.futures.Future`
-  at once; when the queue is full it raises `QueueFull` instead (or, with `block=True`, waits for room:
-  used for the later parts of a request already accepted, such as the windows of a long file).
+- `submit(audio)` puts a piece of work into one queue and returns a `concurrent.futures.Future` at
+  once. The queue is bounded by the engine's admission of whole requests (see `admission`), not here:
+  every piece of an admitted request must run.
+- A piece whose future was cancelled (its client left) before its forward is dropped, and counted
+  in the log.
 - `workers` inference loops each take the oldest waiting request, add the waiting requests closest
   to it in length (to limit padding) until `max_batch_items` or `max_batch_seconds` of padded audio,
   waiting for more while they arrive at most `max_wait` apart, run one forward and resolve each
@@ -28,14 +30,6 @@ log = logging.getLogger(__name__)
 _IDLE: list = []  # what `_take_batch` returns when the loops have been idle for `release_after_idle`
 
 
-class QueueFull(RuntimeError):
-    """The batcher's queue is full; the caller should retry later."""
-
-    def __init__(self, retry_after: float):
-        super().__init__(f"the transcription queue is full; retry in {retry_after:.0f} s")
-        self.retry_after = retry_after
-
-
 @dataclass(slots=True)
 class _Request:
     audio: np.ndarray
@@ -52,7 +46,6 @@ class BatchPolicy:
     """Padded audio per batch: longest item x items."""
     max_wait: float = 0.005
     """Seconds a forming batch waits for the next request (see `Batcher._collect`)."""
-    queue_size: int = 64
     release_after_idle: float = 10.0
     """Seconds without requests after which the loops' free memory goes back to the system (`on_idle`)."""
 
@@ -69,6 +62,7 @@ class Batcher:
         self._cond = threading.Condition()
         self._closed = False
         self._collecting = False  # a loop is forming a batch
+        self._dropped = 0  # cancelled pieces taken out of the queue, not yet logged
         self._seconds_per_audio_second = 0.05  # running estimate, for Retry-After
         self._threads = [
             threading.Thread(target=self._loop, name=f"inference-{i}", daemon=True) for i in range(policy.workers)
@@ -76,18 +70,12 @@ class Batcher:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, audio: np.ndarray, block: bool = False) -> Future:
-        """Queue `audio`; when the queue is full, raise QueueFull, or with `block` wait for room."""
+    def submit(self, audio: np.ndarray) -> Future:
+        """Queue `audio` for a forward; the future gives its output."""
         future: Future = Future()
         with self._cond:
-            while True:
-                if self._closed:
-                    raise RuntimeError("the engine is shut down")
-                if len(self._pending) < self.policy.queue_size:
-                    break
-                if not block:
-                    raise QueueFull(self._retry_after())
-                self._cond.wait()
+            if self._closed:
+                raise RuntimeError("the engine is shut down")
             self._pending.append(_Request(audio, future))
             self._cond.notify_all()
         return future
@@ -107,9 +95,11 @@ class Batcher:
         for thread in self._threads:
             thread.join(timeout=60)
 
-    def _retry_after(self) -> float:
-        waiting = sum(len(r.audio) for r in self._pending) / self._rate
-        return max(1.0, waiting * self._seconds_per_audio_second / max(1, self.policy.workers))
+    def seconds_of_work(self) -> float:
+        """Estimated seconds until the loops have run what is queued now."""
+        with self._cond:
+            waiting = sum(len(r.audio) for r in self._pending) / self._rate
+        return waiting * self._seconds_per_audio_second / max(1, self.policy.workers)
 
     def _take_batch(self) -> list[_Request] | None:
         with self._cond:
@@ -122,6 +112,9 @@ class Batcher:
                     return _IDLE
             if self._closed:
                 return None
+            self._drop_cancelled()
+            if not self._pending:
+                return []
             self._idle_handled = False
             self._collecting = True
             try:
@@ -129,6 +122,11 @@ class Batcher:
             finally:
                 self._collecting = False
                 self._cond.notify_all()  # the next free loop may form a batch; room for blocked submitters
+
+    def _drop_cancelled(self) -> None:
+        kept = [r for r in self._pending if not r.future.cancelled()]
+        self._dropped += len(self._pending) - len(kept)
+        self._pending = kept
 
     def _collect(self) -> list[_Request]:
         """The oldest request and those closest to it in length, waiting for more while they keep coming.
@@ -173,6 +171,10 @@ class Batcher:
                 self._on_idle()
                 continue
             live = [r for r in batch if r.future.set_running_or_notify_cancel()]
+            with self._cond:
+                dropped, self._dropped = self._dropped + len(batch) - len(live), 0
+            if dropped:
+                log.info("skipped %d queued piece(s) of cancelled requests (their clients left)", dropped)
             if live:
                 self._run(live)
 

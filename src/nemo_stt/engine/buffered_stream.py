@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..results import Transcript, Word
-from .batcher import QueueFull
+from .admission import QueueFull
 from .speech_energy import SpeechEnergy
 
 # The end of a decoded buffer whose words may still change with more audio.

@@ -7,9 +7,10 @@ times are seconds of the audio they gave; they never touch the model.
 import asyncio
 import logging
 import os
+import threading
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,7 +18,8 @@ import torch
 
 from ..audio import AudioSource, AudioStream, decodes_quickly
 from ..results import Transcript, Word
-from .batcher import Batcher, BatchPolicy, QueueFull
+from .admission import Admission, Ticket
+from .batcher import Batcher, BatchPolicy
 from .cache_aware_stream import CacheAwareStreamer, supports_cache_aware_streaming
 from .decoding import configure_decoding, model_family, select_decoder
 from .long_audio import iter_windows, owned_words
@@ -49,6 +51,9 @@ class EngineConfig:
     device: str | None = None
     num_threads: int | None = None
     batching: BatchPolicy = field(default_factory=BatchPolicy)
+    max_requests: int = 64
+    """Requests in the engine at once (waiting or running, each with all its pieces); past it,
+    non-waiting callers get QueueFull."""
     language: str | None = None
     """Language reported when a request names none."""
     vad: VadConfig | None = None
@@ -72,6 +77,9 @@ class Engine:
         self.language = config.language or ("en" if config.model is None else None)
         self.batcher = Batcher(self.transcriber.transcribe_batch, self.sample_rate, config.batching,
                                on_idle=release_free_memory)
+        self.admission = Admission(config.max_requests, self.batcher.seconds_of_work)
+        # Long files wait for their windows on a thread each, so that the event loop never waits.
+        self._long_files = ThreadPoolExecutor(max_workers=config.max_requests, thread_name_prefix="long-file")
         self._streamer: CacheAwareStreamer | None = None
         # Decoding and VAD of the requests of asyncio front ends. One thread: silero runs torch, and each
         # thread that does keeps an OpenMP pool (see `on_passing_thread`); auditok holds the interpreter lock.
@@ -114,12 +122,22 @@ class Engine:
     # Audio already decoded -------------------------------------------------------------------------------
 
     def transcribe(self, audio: np.ndarray, language: str | None = None) -> Transcript:
-        """Transcribe mono float32 audio at `sample_rate` (VAD applied), blocking the calling thread."""
-        return self._collect(self._submit_piece(audio, 0.0, block=False), language)
+        """Transcribe mono float32 audio at `sample_rate` (VAD applied), blocking the calling thread
+        (waiting for admission when the engine is full)."""
+        with self.admission.enter():
+            return self._collect(self._submit_piece(audio, 0.0), language)
 
     def submit_raw(self, audio: np.ndarray) -> Future:
-        """One forward of `audio` through the batcher, without VAD (raises QueueFull when full)."""
-        return self.batcher.submit(audio)
+        """One forward of `audio` through the batcher, without VAD; a request of its own, so QueueFull
+        when the engine is full."""
+        ticket = self.admission.try_enter()
+        try:
+            future = self.batcher.submit(audio)
+        except BaseException:
+            ticket.release()
+            raise
+        future.add_done_callback(lambda _: ticket.release())
+        return future
 
     # Files --------------------------------------------------------------------------------------------
 
@@ -127,13 +145,14 @@ class Engine:
                           progress: Progress | None = None) -> Transcript:
         """Decode and transcribe a file, in windows when it is longer than the long-file threshold.
 
-        The audio is decoded incrementally: a long file never sits in memory whole, and at most two
-        windows are in flight at once. Raises AudioDecodeError for input that is not audio.
+        Waits for admission when the engine is full. The audio is decoded incrementally: a long file
+        never sits in memory whole, and at most two windows are in flight at once. Raises
+        AudioDecodeError for input that is not audio.
         """
-        with AudioStream(source, self.sample_rate) as stream:
+        with self.admission.enter(), AudioStream(source, self.sample_rate) as stream:
             head, rest = self._read_head(stream)
             if rest is None:
-                transcript = self.transcribe(head, language)
+                transcript = self._collect(self._submit_piece(head, 0.0), language)
                 if progress:
                     progress(1.0)
                 return transcript
@@ -142,20 +161,41 @@ class Engine:
     async def transcribe_source_async(self, source: AudioSource, language: str | None = None) -> Transcript:
         """`transcribe_source` for asyncio callers: a short file holds no thread while it waits for the model.
 
-        Raises QueueFull at once when the engine's queue is full.
+        Raises QueueFull at once when the engine is full. Cancelling the caller drops the request's
+        pieces that have not started, and a long file's windows that have not been submitted.
         """
+        ticket = self.admission.try_enter()
+        try:
+            return await self._transcribe_admitted(source, language, ticket)
+        finally:
+            ticket.release()  # a no-op when a long file's thread holds it (see `_transcribe_admitted`)
+
+    async def _transcribe_admitted(self, source: AudioSource, language: str | None, ticket: Ticket) -> Transcript:
         if self.vad is None and decodes_quickly(source):
             stream, head, rest, spans = self._prepare(source)  # on the event loop: cheaper than a thread hop
         else:
             stream, head, rest, spans = await asyncio.get_running_loop().run_in_executor(self._preparing,
                                                                                       self._prepare, source)
-        try:
-            if rest is not None:
-                return await asyncio.to_thread(self._transcribe_windows, _chain([head], rest), stream.duration,
-                                               language, None)
-        finally:
-            stream.close()
-        pieces = self._submit_spans(head, spans, 0.0, block=False)
+        if rest is not None:
+            cancelled = threading.Event()
+
+            def transcribe_windows() -> Transcript:
+                try:
+                    return self._transcribe_windows(_chain([head], rest), stream.duration, language, None, cancelled)
+                finally:
+                    stream.close()
+
+            job = self._long_files.submit(transcribe_windows)
+            # The place is the thread's until it ends: a cancelled caller's last window may still be running.
+            place = ticket.hand_over()
+            job.add_done_callback(lambda _: place.release())
+            try:
+                return await asyncio.wrap_future(job)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+        stream.close()
+        pieces = self._submit_spans(head, spans, 0.0)
         try:
             outputs = [await asyncio.wrap_future(future) for _, future in pieces]
         finally:
@@ -189,11 +229,10 @@ class Engine:
         return (np.concatenate(head) if head else np.zeros(0, dtype=np.float32)), None
 
     def _transcribe_windows(self, blocks, duration: float | None, language: str | None,
-                            progress: Progress | None) -> Transcript:
+                            progress: Progress | None, cancelled: threading.Event | None = None) -> Transcript:
         windows = iter_windows(blocks, self.sample_rate, self.config.long_file_chunk, self.config.long_file_context)
         in_flight: deque = deque()
         words: list[Word] = []
-        first = True
 
         def finish_oldest() -> None:
             window, pieces = in_flight.popleft()
@@ -205,9 +244,10 @@ class Engine:
 
         try:
             for window in windows:
-                # Only the first submission may be refused for a full queue; the file is accepted after that.
-                in_flight.append((window, self._submit_piece(window.audio, 0.0, block=not first)))
-                first = False
+                if cancelled is not None and cancelled.is_set():
+                    log.info("a long file's transcription was cancelled (its client left); windows skipped")
+                    raise CancelledError
+                in_flight.append((window, self._submit_piece(window.audio, 0.0)))
                 if len(in_flight) >= 2:
                     finish_oldest()
             while in_flight:
@@ -223,12 +263,9 @@ class Engine:
 
     # Pieces: the parts of one audio that go to the batcher (the VAD's speech segments, or all of it) ----
 
-    def _submit_piece(self, audio: np.ndarray, offset: float, block: bool) -> list[tuple[float, Future]]:
-        """Queue the speech segments of `audio` (all of it without VAD).
-
-        With `block`, waits for room in the queue; without, raises QueueFull and queues none of them.
-        """
-        return self._submit_spans(audio, self._speech_spans(audio), offset, block)
+    def _submit_piece(self, audio: np.ndarray, offset: float) -> list[tuple[float, Future]]:
+        """Queue the speech segments of `audio` (all of it without VAD), for a request already admitted."""
+        return self._submit_spans(audio, self._speech_spans(audio), offset)
 
     def _speech_spans(self, audio: np.ndarray) -> list[tuple[float, float]]:
         """(start, end) seconds of the speech in `audio`, as the VAD finds it; without VAD, all of it."""
@@ -236,18 +273,10 @@ class Engine:
             return [(0.0, len(audio) / self.sample_rate)] if len(audio) else []
         return self.vad.segments(audio)
 
-    def _submit_spans(self, audio: np.ndarray, spans: list[tuple[float, float]], offset: float,
-                      block: bool) -> list[tuple[float, Future]]:
-        pieces: list[tuple[float, Future]] = []
-        try:
-            for start, end in spans:
-                segment = audio[int(start * self.sample_rate):int(end * self.sample_rate)]
-                pieces.append((offset + start, self.batcher.submit(segment, block=block)))
-        except QueueFull:
-            for _, future in pieces:
-                future.cancel()
-            raise
-        return pieces
+    def _submit_spans(self, audio: np.ndarray, spans: list[tuple[float, float]],
+                      offset: float) -> list[tuple[float, Future]]:
+        rate = self.sample_rate
+        return [(offset + start, self.batcher.submit(audio[int(start * rate):int(end * rate)])) for start, end in spans]
 
     def _collect(self, pieces: list[tuple[float, Future]], language: str | None) -> Transcript:
         try:
@@ -282,11 +311,12 @@ class Engine:
         """One short inference on the inference loops, so that the first request does not pay for lazy
         initialisation (one per loop: each has its own thread pool to start)."""
         silence = np.zeros(self.sample_rate, dtype=np.float32)
-        for future in [self.batcher.submit(silence, block=True) for _ in range(self.config.batching.workers)]:
+        for future in [self.batcher.submit(silence) for _ in range(self.config.batching.workers)]:
             future.result()
 
     def close(self) -> None:
         self._preparing.shutdown(wait=False, cancel_futures=True)
+        self._long_files.shutdown(wait=False, cancel_futures=True)
         self.batcher.close()
         if self._streamer is not None:
             self._streamer.close()
