@@ -104,7 +104,8 @@ def test_token_confidences_come_from_the_model(demo_streamer, fixture_texts):
     async def go():
         stream = CacheAwareStream(demo_streamer, pause_for_final=1000.0)
         stream.push(fixture_audio("red_car.mp3"))
-        return await stream.finish()
+        (segment,) = await stream.finish()
+        return segment
 
     segment = asyncio.run(go())
     confidences = [word.conf for word in segment.words]
@@ -123,7 +124,8 @@ def test_with_the_default_context_a_stream_gives_the_offline_transcript(demo_str
             stream.push(audio[start : start + 1600])
             if stream.ready():
                 await stream.step()
-        return await stream.finish()
+        (segment,) = await stream.finish()
+        return segment
 
     streamed = asyncio.run(go())
     assert wer(" ".join(fixture_texts[n] for n in names), offline.text) < 0.3
@@ -204,13 +206,10 @@ def test_a_final_comes_once_the_pause_has_been_received_without_waiting_for_its_
         for start in range(0, len(audio), 1600):
             stream.push(audio[start : start + 1600])
             while stream.ready():
-                segment = await stream.step()
-                if segment is not None:
-                    finals.append((segment, (start + 1600) / 16000))
-            segment = stream.pause_final()
-            if segment is not None:
-                finals.append((segment, (start + 1600) / 16000))
-        return finals, await stream.finish()
+                finals += [(segment, (start + 1600) / 16000) for segment in await stream.step()]
+            finals += [(segment, (start + 1600) / 16000) for segment in stream.pause_finals()]
+        (last,) = await stream.finish()
+        return finals, last
 
     finals, last = asyncio.run(go())
     assert len(finals) == 1

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from websockets.exceptions import ConnectionClosed
 from nemo_stt.audio import decode_audio
 
 from .conftest import FIXTURES, OWN_TEXT_MAX_WER, free_port, wer
+from .recordings import as_pcm16, meeting
 
 
 class StreamingServerProcess:
@@ -76,7 +78,8 @@ async def stream(url: str, audio: np.ndarray, rate: int, speed: float = 1.0, fra
         started = time.monotonic()
         for offset in range(0, len(pcm), step):
             await ws.send(pcm[offset:offset + step])
-            await asyncio.sleep(max(0.0, started + (offset + step) / 2 / rate / speed - time.monotonic()))
+            if speed != float("inf"):
+                await asyncio.sleep(max(0.0, started + (offset + step) / 2 / rate / speed - time.monotonic()))
         await ws.send(json.dumps({"eof": 1}))
         await asyncio.wait_for(reader, 60)
         assert ws.close_code == 1000
@@ -146,6 +149,8 @@ async def expect_close(url: str, *messages, wait: float = 10.0) -> tuple[int, st
     (('{"config": {"sample_rate": 16000}}', '{"hello": 1}'), 1003, "eof"),
     ((), 1008, "no config"),
     (('{"config": {"sample_rate": 16000}}',), 1008, "no data"),
+    (('{"config": {"sample_rate": 1000}}', b"\x00\x01" * 35000), 1009, "at most 30 s per frame"),
+    (('{"config": {"sample_rate": 16000}}', b"\x00\x01" * 2**20), 1009, ""),
 ])
 def test_bad_input_closes_that_connection_with_a_code_and_reason(server, messages, code, reason, fixture_texts):
     async def scenario():
@@ -169,3 +174,148 @@ def test_more_connections_than_the_cap_are_told_to_retry_later(server):
 
     code, reason = asyncio.run(scenario())
     assert code == 1013 and "too many" in reason
+
+
+def finals_of(messages) -> list[tuple[str, float, float]]:
+    return [(m["text"], m["start"], m["end"]) for m in messages if m.get("text")]
+
+
+def test_a_meeting_gives_the_same_finals_at_real_time_eight_times_faster_and_unpaced(server):
+    audio = meeting(60)
+
+    async def three_speeds():
+        # One after the other: streams decoded together could be padded into one batch (buffered engine).
+        return [await stream(server.url, audio, 16000, speed=speed) for speed in (1.0, 8.0, float("inf"))]
+
+    paced, fast, unpaced = (finals_of(messages) for messages in asyncio.run(three_speeds()))
+    assert len(paced) >= 10  # one per utterance of the meeting: 1.6-s pauses, finals after 1.0 s
+    assert fast == paced
+    assert unpaced == paced
+
+
+def test_a_backlog_still_gets_partials(server):
+    messages = asyncio.run(stream(server.url, meeting(20), 16000, speed=float("inf")))
+    assert sum("partial" in m for m in messages) >= 5
+
+
+def test_eof_right_after_speech_keeps_the_last_words(server, fixture_texts):
+    # No pause after the speech: eof arrives while the last unit may still be decoding.
+    speech = decode_audio(FIXTURES / "red_car.mp3", 16000)
+    speech = speech[: np.flatnonzero(np.abs(speech) > 0.01)[-1] + 1]
+    messages = asyncio.run(stream(server.url, speech, 16000))
+    assert wer(fixture_texts["red_car.mp3"], finals_text(messages)) <= OWN_TEXT_MAX_WER
+    assert finals_text(messages).split()[-1] == "bridge"
+
+
+def test_eof_zero_does_not_end_the_stream(server, fixture_texts):
+    async def scenario():
+        first, second = (decode_audio(FIXTURES / name, 16000) for name in ("anna_bread.wav", "red_car.mp3"))
+        async with connect(server.url) as ws:
+            await ws.send(json.dumps({"config": {"sample_rate": 16000}}))
+            await ws.send(as_pcm16(first))
+            await ws.send(json.dumps({"eof": 0}))
+            await ws.send(as_pcm16(second))
+            await ws.send(json.dumps({"eof": 1}))
+            return [json.loads(m) async for m in ws]
+
+    text = finals_text(asyncio.run(scenario()))
+    assert wer(fixture_texts["red_car.mp3"], " ".join(text.split()[-7:])) <= OWN_TEXT_MAX_WER
+
+
+def test_the_idle_timeout_sends_the_pending_words_as_a_final_before_closing(server, fixture_texts):
+    async def scenario():
+        speech = decode_audio(FIXTURES / "old_house.flac", 16000)
+        async with connect(server.url) as ws:
+            await ws.send(json.dumps({"config": {"sample_rate": 16000}}))
+            await ws.send(as_pcm16(speech[: np.flatnonzero(np.abs(speech) > 0.01)[-1] + 1]))
+            messages = [json.loads(m) async for m in ws]  # nothing more is sent: the idle timeout (3 s) ends it
+            return messages, ws.close_code, ws.close_reason
+
+    messages, code, reason = asyncio.run(scenario())
+    assert code == 1008 and "no data" in reason
+    assert wer(fixture_texts["old_house.flac"], finals_text(messages)) <= OWN_TEXT_MAX_WER
+
+
+def test_a_client_that_reconnects_at_once_is_never_refused(server):
+    async def scenario():
+        # Eleven of the twelve places held, and one client that keeps closing and coming back.
+        holders = [await connect(server.url).__aenter__() for _ in range(11)]
+        refused = 0
+        for _ in range(50):
+            async with connect(server.url) as ws:
+                await ws.send(json.dumps({"config": {"sample_rate": 16000}}))
+                await ws.send(json.dumps({"eof": 1}))
+                async for _ in ws:
+                    pass
+                refused += ws.close_code == 1013
+        for holder in holders:
+            await holder.close()
+        return refused
+
+    assert asyncio.run(scenario()) == 0
+
+
+def rss_mb(process: subprocess.Popen) -> float:
+    for line in Path(f"/proc/{process.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+async def partial_latencies(url: str, audio: np.ndarray, start_delay: float = 0.0) -> list[float]:
+    """A real-time client's partial latencies: arrival minus when the audio a partial accounts for was sent."""
+    await asyncio.sleep(start_delay)
+    pcm, step = as_pcm16(audio), 3200
+    latencies = []
+    async with connect(url) as ws:
+        await ws.send(json.dumps({"config": {"sample_rate": 16000}}))
+        started = time.monotonic()
+
+        async def read():
+            async for message in ws:
+                payload = json.loads(message)
+                if "partial" in payload:
+                    latencies.append(time.monotonic() - (started + payload["decoded"]))
+
+        reader = asyncio.create_task(read())
+        for offset in range(0, len(pcm), step):
+            await ws.send(pcm[offset:offset + step])
+            await asyncio.sleep(max(0.0, started + (offset + step) / 32000 - time.monotonic()))
+        await ws.send(json.dumps({"eof": 1}))
+        await asyncio.wait_for(reader, 60)
+    return latencies
+
+
+async def flood(url: str, audio: np.ndarray) -> list[dict]:
+    """Everything at once, in 1-s frames, then eof."""
+    pcm = as_pcm16(audio)
+    async with connect(url) as ws:
+        await ws.send(json.dumps({"config": {"sample_rate": 16000}}))
+        for offset in range(0, len(pcm), 32000):
+            await ws.send(pcm[offset:offset + 32000])
+        await ws.send(json.dumps({"eof": 1}))
+        return [json.loads(m) async for m in ws]
+
+
+def p95(values: list[float]) -> float:
+    return float(np.percentile(values, 95))
+
+
+def test_a_flooding_client_leaves_a_real_time_client_its_latency_and_the_memory_returns(server):
+    real_time, backlog = meeting(15), meeting(180)
+    alone = asyncio.run(partial_latencies(server.url, real_time))
+    time.sleep(11)  # idle: the server gives freed memory back
+    idle_before = rss_mb(server.process)
+
+    async def side_by_side():
+        return await asyncio.gather(flood(server.url, backlog), partial_latencies(server.url, real_time, 1.0))
+
+    flooded, beside = asyncio.run(side_by_side())
+    peak = rss_mb(server.process)
+    time.sleep(11)
+    idle_after = rss_mb(server.process)
+    print(f"p95 partial latency alone {p95(alone):.3f} s, beside the flood {p95(beside):.3f} s; "
+          f"RSS idle {idle_before:.0f} MB, after the flood {peak:.0f} MB, idle again {idle_after:.0f} MB")
+    assert len(finals_of(flooded)) >= 30  # the flood was served too, by its pauses
+    assert p95(beside) <= 2 * p95(alone) + 0.05
+    assert idle_after <= idle_before + 50

@@ -129,7 +129,12 @@ class Settings(BaseSettings):
     STREAMING_MAX_CONNECTIONS: int = Field(default=32, ge=1)
     """Streams served at once; more are closed with code 1013 (try again later)."""
     STREAMING_IDLE_TIMEOUT: float = Field(default=30, gt=0)
-    """Seconds without any message after which a stream is closed (code 1008)."""
+    """Seconds without any message after which a stream is closed (code 1008), after its last final."""
+    STREAMING_MAX_BACKLOG_SEC: float = Field(default=30, gt=0)
+    """Received audio of one stream not yet decoded, in seconds: past it the server stops reading that
+    connection until its decoding catches up (back-pressure); a single frame holding more is closed with 1009."""
+    STREAMING_MAX_BATCH: int = Field(default=64, ge=1)
+    """Cache-aware streaming: most streams encoded in one batched step."""
     STREAMING_ENGINE: Literal["auto", "cache_aware", "buffered"] = "auto"
     """auto: cache-aware streaming when the model was trained with a limited right context, else buffered."""
     STREAMING_LOOKAHEAD_MS: float | None = Field(default=None, gt=0)

@@ -23,9 +23,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from .audio import pcm16_to_float
-from .engine import Engine
-from .engine.buffered_stream import BufferedStream, Segment, StreamingParams
-from .engine.cache_aware_stream import CacheAwareStream
+from .engine import Engine, Segment, Stream, StreamingParams
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -34,7 +32,15 @@ log = logging.getLogger(__name__)
 UNSUPPORTED = 1003
 INVALID_DATA = 1007
 POLICY = 1008
+TOO_BIG = 1009
 TRY_AGAIN_LATER = 1013
+
+# Largest frame the websockets library accepts (at 16 kHz, 32 s of audio), and frames it buffers for a
+# connection whose reading is paused: together, what a client can make the server hold beyond its backlog.
+MAX_FRAME_BYTES = 2**20
+MAX_QUEUED_FRAMES = 4
+# A client that reconnects at once may arrive before its previous connection's handler has ended.
+WAIT_FOR_A_PLACE_SECONDS = 2.0
 
 
 class ProtocolError(Exception):
@@ -49,42 +55,50 @@ class StreamingServer:
         self.engine = engine
         self.settings = settings
         self.params = StreamingParams(
+            engine=settings.STREAMING_ENGINE,
+            lookahead_ms=settings.STREAMING_LOOKAHEAD_MS,
+            max_batch=settings.STREAMING_MAX_BATCH,
             min_chunk=settings.STREAMING_MIN_CHUNK_SIZE,
             buffer_trimming_sec=settings.STREAMING_BUFFER_TRIMMING_SEC,
             pause_for_final=settings.STREAMING_PAUSE_FOR_FINAL,
             max_words_in_buffer=settings.STREAMING_MAX_WORDS_IN_BUFFER,
         )
+        self.max_backlog = settings.STREAMING_MAX_BACKLOG_SEC
         self.active = 0
-        # Streaming with encoder caches when the model allows it; otherwise a re-decoded buffer.
-        self.streamer = None
-        if settings.STREAMING_ENGINE == "cache_aware" or (
-            settings.STREAMING_ENGINE == "auto" and engine.supports_cache_aware_streaming()
-        ):
-            self.streamer = engine.cache_aware_streamer(settings.STREAMING_LOOKAHEAD_MS)
-        # Warm up only what serves the streams: each stepping thread that runs torch keeps a pool of
-        # helper threads, and more of them than cores slows every step (see the engine's model loading).
-        (self.streamer or engine).warm_up()
-        log.info("streaming engine: %s", "cache-aware" if self.streamer else "buffered")
-
-    def new_stream(self) -> BufferedStream | CacheAwareStream:
-        if self.streamer is not None:
-            return CacheAwareStream(self.streamer, self.settings.STREAMING_PAUSE_FOR_FINAL)
-        return BufferedStream(self.engine.submit_raw, self.engine.sample_rate, self.params)
+        self._place_freed = asyncio.Condition()
+        log.info("streaming engine: %s", engine.start_streaming(self.params))
 
     async def handle(self, connection: ServerConnection) -> None:
-        if self.active >= self.settings.STREAMING_MAX_CONNECTIONS:
+        if not await self._take_place():
             await connection.close(TRY_AGAIN_LATER, f"too many connections ({self.active}); retry later")
             return
-        self.active += 1
+        code, reason = 1000, "end of stream"
         try:
             await self._serve(connection)
         except ProtocolError as error:
             log.info("closing a stream: %s", error.reason)
-            await connection.close(error.code, error.reason)
+            code, reason = error.code, error.reason
         except ConnectionClosed:
-            pass  # the client left: its state goes with this coroutine
+            code = None  # the client left: its state goes with this coroutine
         finally:
+            await self._give_place_back()  # before the closing handshake: the client may reconnect at once
+        if code is not None:
+            await connection.close(code, reason)
+
+    async def _take_place(self) -> bool:
+        async with self._place_freed:
+            try:
+                await asyncio.wait_for(self._place_freed.wait_for(
+                    lambda: self.active < self.settings.STREAMING_MAX_CONNECTIONS), WAIT_FOR_A_PLACE_SECONDS)
+            except TimeoutError:
+                return False
+            self.active += 1
+            return True
+
+    async def _give_place_back(self) -> None:
+        async with self._place_freed:
             self.active -= 1
+            self._place_freed.notify()
 
     async def _receive(self, connection: ServerConnection, timeout: float | None):
         try:
@@ -99,61 +113,46 @@ class StreamingServer:
             raise ProtocolError(POLICY, f"no config received within {idle:g} s")
         client_rate = self._parse_config(first)
         resampler = _Resampler(client_rate, self.engine.sample_rate)
-        stream = self.new_stream()
-        sender = _Sender(connection, self.settings.STREAMING_MAX_PARTIAL_ACTUALIZATION_PER_SECOND)
-        wake = asyncio.Event()
-        decoder = asyncio.create_task(self._decode_loop(stream, sender, wake))
+        stream = self.engine.open_stream()
+        decoding = _Decoding(stream, _Sender(connection, self.settings.STREAMING_MAX_PARTIAL_ACTUALIZATION_PER_SECOND))
         packet_seconds: float | None = None
         silence_factor = self.settings.STREAMING_TIMEOUT_FOR_SILENCE
         last_data = time.monotonic()
         try:
             while True:
+                if stream.backlog_seconds > self.max_backlog:
+                    # Back-pressure: read nothing more from this client until its decoding catches up.
+                    await decoding.caught_up(self.max_backlog)
+                    last_data = time.monotonic()
                 timeout = packet_seconds * silence_factor if (packet_seconds and silence_factor) else idle
                 message = await self._receive(connection, timeout)
-                if decoder.done():
-                    decoder.result()  # surfaces a decoding failure
+                decoding.check()
                 if message is None:
                     if packet_seconds and silence_factor and time.monotonic() - last_data < idle:
                         # The client's VAD holds back silence: count the missing packet as silence.
                         stream.push(np.zeros(int(packet_seconds * self.engine.sample_rate), dtype=np.float32))
-                        wake.set()
+                        decoding.wake()
                         continue
+                    await decoding.finish(only_words=True)  # what was said before the client went quiet
                     raise ProtocolError(POLICY, f"no data received for {idle:g} s")
                 last_data = time.monotonic()
                 if isinstance(message, bytes):
                     if len(message) % 2:
                         raise ProtocolError(INVALID_DATA, "PCM s16le frames must hold an even number of bytes")
+                    seconds = len(message) / 2 / client_rate
+                    if seconds > self.max_backlog:
+                        raise ProtocolError(TOO_BIG, f"a frame of {seconds:g} s of audio; at most "
+                                                     f"{self.max_backlog:g} s per frame")
                     if packet_seconds is None and message:
-                        packet_seconds = len(message) / 2 / client_rate
+                        packet_seconds = seconds
                     stream.push(resampler(pcm16_to_float(message)))
-                    wake.set()
+                    decoding.wake()
                     continue
                 if self._is_eof(message):
                     break
-            decoder.cancel()
-            await asyncio.gather(decoder, return_exceptions=True)
-            last = await stream.finish()
-            await sender.final(last)
-            await connection.close(1000, "end of stream")
+            await decoding.finish(only_words=False)
         finally:
-            if not decoder.done():
-                decoder.cancel()
-
-    async def _decode_loop(self, stream: BufferedStream | CacheAwareStream, sender: "_Sender",
-                           wake: asyncio.Event) -> None:
-        while True:
-            await wake.wait()
-            wake.clear()
-            while stream.ready():
-                segment = await stream.step()
-                if segment is not None:
-                    await sender.final(segment)
-                else:
-                    await sender.partial(stream.partial_text(), stream.decoded_seconds)
-            # A pause can close a final between decodes, as soon as enough quiet audio has arrived.
-            segment = stream.pause_final()
-            if segment is not None:
-                await sender.final(segment)
+            decoding.cancel()
 
     def _parse_config(self, message) -> int:
         if isinstance(message, bytes):
@@ -168,10 +167,74 @@ class StreamingServer:
         return int(rate)
 
     def _is_eof(self, message: str) -> bool:
+        """Whether a text message ends the stream: `{"eof": x}` with x true (`{"eof": 0}` does not)."""
         payload = _json(message)
         if isinstance(payload, dict) and "eof" in payload:
-            return True
+            return bool(payload["eof"])
         raise ProtocolError(UNSUPPORTED, 'expected binary audio or {"eof": 1}')
+
+
+class _Decoding:
+    """A stream's decode loop, beside the loop that reads the client: steps one unit at a time as audio
+    comes, sends partials and finals, and at the end decodes the rest and sends the last finals."""
+
+    def __init__(self, stream: Stream, sender: "_Sender"):
+        self.stream = stream
+        self.sender = sender
+        self._wake = asyncio.Event()
+        self._stepped = asyncio.Event()
+        self._ending = False
+        self._only_words = False
+        self._task = asyncio.create_task(self._loop())
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def check(self) -> None:
+        """Raise what made the decode loop fail, if it did."""
+        if self._task.done() and not self._task.cancelled():
+            self._task.result()
+
+    async def caught_up(self, backlog: float) -> None:
+        while self.stream.backlog_seconds > backlog and not self._task.done():
+            self._stepped.clear()
+            stepped = asyncio.ensure_future(self._stepped.wait())
+            try:
+                await asyncio.wait([stepped, self._task], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stepped.cancel()
+        self.check()
+
+    async def finish(self, only_words: bool) -> None:
+        """Decode what is left and send the last finals (with `only_words`, only finals that have words)."""
+        self._ending, self._only_words = True, only_words
+        self._wake.set()
+        await self._task
+
+    def cancel(self) -> None:
+        if not self._task.done():
+            self._task.cancel()
+
+    async def _loop(self) -> None:
+        stream, sender = self.stream, self.sender
+        while True:
+            while stream.ready():
+                finals = await stream.step()
+                self._stepped.set()
+                for segment in finals:
+                    await sender.final(segment)
+                if not finals:
+                    await sender.partial(stream.partial_text(), stream.decoded_seconds)
+            # A pause can close a final between decodes, as soon as enough quiet audio has arrived.
+            for segment in stream.pause_finals():
+                await sender.final(segment)
+            if self._ending:
+                for segment in await stream.finish():
+                    if segment.words or not self._only_words:
+                        await sender.final(segment)
+                return
+            await self._wake.wait()
+            self._wake.clear()
 
 
 def _json(message: str):
@@ -216,6 +279,7 @@ class _Sender:
 
 async def run(engine: Engine, settings: Settings) -> None:
     server = StreamingServer(engine, settings)
-    async with serve(server.handle, "0.0.0.0", settings.STREAMING_PORT, max_size=2**22) as ws_server:
+    async with serve(server.handle, "0.0.0.0", settings.STREAMING_PORT, max_size=MAX_FRAME_BYTES,
+                     max_queue=MAX_QUEUED_FRAMES) as ws_server:
         log.info("streaming on port %d", settings.STREAMING_PORT)
         await ws_server.serve_forever()

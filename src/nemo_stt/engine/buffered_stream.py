@@ -1,130 +1,76 @@
 """Streaming with any model: a trimmed audio buffer re-decoded as it grows, words confirmed by agreement.
 
 Each decode goes through the engine's batcher, so the decodes of all connections are batched
-together. A word is confirmed when two successive decodes agree on it (or when more than
-`max_words_in_buffer` words wait behind it); the buffer is trimmed after confirmed words once it
-is longer than `buffer_trimming_sec`; a final is sent when nothing new was said for
-`pause_for_final` seconds.
+together. The buffer grows by `min_chunk` seconds per decode, whatever the arrival speed. A word is
+confirmed when two successive decodes agree on it (or when more than `max_words_in_buffer` words wait
+behind it); the buffer is trimmed after confirmed words once it is longer than `buffer_trimming_sec`,
+and after each final.
 """
 
 import asyncio
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
 
 import numpy as np
 
 from ..results import Transcript, Word
 from .admission import QueueFull
-from .speech_energy import SpeechEnergy
+from .stream import Segment, Stream, StreamingParams
 
 # The end of a decoded buffer whose words may still change with more audio.
 UNSETTLED_SECONDS = 0.3
 
 
-@dataclass(frozen=True)
-class StreamingParams:
-    min_chunk: float = 0.5
-    buffer_trimming_sec: float = 8.0
-    pause_for_final: float = 1.5
-    max_words_in_buffer: int = 4
-
-
-@dataclass(frozen=True)
-class Segment:
-    """A final: its text and words, times in seconds from the start of the stream."""
-
-    text: str
-    words: tuple[Word, ...]
-
-    @property
-    def start(self) -> float:
-        return self.words[0].start if self.words else 0.0
-
-    @property
-    def end(self) -> float:
-        return self.words[-1].end if self.words else 0.0
-
-
-class BufferedStream:
+class BufferedStream(Stream):
     def __init__(self, decode: Callable[[np.ndarray], Future], sample_rate: int, params: StreamingParams):
+        super().__init__(sample_rate, params.pause_for_final, UNSETTLED_SECONDS)
         self._decode = decode
-        self.rate = sample_rate
         self.params = params
-        self._chunks: list[np.ndarray] = []
+        self._unit = max(1, round(params.min_chunk * sample_rate))
         self._buffer = np.zeros(0, dtype=np.float32)
         self._buffer_start = 0.0  # stream time of the buffer's first sample
-        self._received = 0  # samples since the start of the stream
-        self._energy = SpeechEnergy(sample_rate)
         self._decoded_up_to = 0  # samples of the stream covered by the last decode
         self._confirmed: list[Word] = []  # confirmed, not yet sent in a final
         self._tentative: list[Word] = []  # the last decode's words after the confirmed ones
 
     @property
     def decoded_seconds(self) -> float:
-        """Seconds of the stream covered by the last decode."""
         return self._decoded_up_to / self.rate
 
-    def push(self, audio: np.ndarray) -> None:
-        self._chunks.append(audio)
-        self._received += len(audio)
-        self._energy.push(audio)
-
     def ready(self) -> bool:
-        return (self._received - self._decoded_up_to) / self.rate >= self.params.min_chunk
+        return self._queue.samples >= self._unit
 
-    def partial_text(self) -> str:
-        return " ".join(w.word for w in self._confirmed + self._tentative)
+    def _pending_words(self) -> list[Word]:
+        return self._confirmed + self._tentative
 
-    async def step(self) -> Segment | None:
-        """Decode the buffer with the new audio; return a final when a pause closed one."""
+    async def _decode_unit(self) -> None:
+        self._buffer = np.concatenate([self._buffer, self._queue.take(self._unit)])
         await self._decode_buffer()
-        words = self._confirmed + self._tentative
-        silence = self._buffer_start + len(self._buffer) / self.rate - (words[-1].end if words else 0.0)
-        if words and silence >= self.params.pause_for_final:
-            return self._close_segment(keep_from=words[-1].end)
-        if not words and len(self._buffer) / self.rate > self.params.pause_for_final + 1.0:
-            self._trim(self._buffer_start + len(self._buffer) / self.rate - 1.0)  # silence: keep the last second
-        elif len(self._buffer) / self.rate > self.params.buffer_trimming_sec and self._confirmed:
+        words = self._pending_words()
+        buffered = len(self._buffer) / self.rate
+        if not words and buffered > self.params.pause_for_final + 1.0:
+            self._trim(self._buffer_start + buffered - 1.0)  # silence: keep the last second
+        elif buffered > self.params.buffer_trimming_sec and self._confirmed:
             self._trim(self._confirmed[-1].end)
-        return None
 
-    def pause_final(self) -> Segment | None:
-        """The words since the last final, once `pause_for_final` seconds of received audio follow them
-        and the audio not yet decoded is quiet: no need to wait for the next decode."""
-        words = self._confirmed + self._tentative
-        if not words:
-            return None
-        settled = self.decoded_seconds - UNSETTLED_SECONDS
-        if self._received / self.rate - words[-1].end >= self.params.pause_for_final \
-                and self._energy.last_loud_seconds <= settled:
-            return self._close_segment(keep_from=words[-1].end)
-        return None
-
-    async def finish(self) -> Segment:
-        """The last final, with everything said since the previous one."""
-        if self._received > self._decoded_up_to or self._chunks:
+    async def _decode_rest(self) -> None:
+        self._buffer = np.concatenate([self._buffer, self._queue.take(self._queue.samples)])
+        if self._buffer_start + len(self._buffer) / self.rate > self.decoded_seconds or self._tentative:
             await self._decode_buffer(final=True)
-        return self._close_segment(keep_from=None)
 
     async def _decode_buffer(self, final: bool = False) -> None:
-        if self._chunks:
-            self._buffer = np.concatenate([self._buffer, *self._chunks])
-            self._chunks = []
+        end = round(self._buffer_start * self.rate) + len(self._buffer)
         if not len(self._buffer):
-            self._decoded_up_to = self._received
+            self._decoded_up_to = end
             return
         while True:
             try:
                 future = self._decode(self._buffer)
                 break
             except QueueFull as full:
-                # The engine is saturated: wait, then decode with whatever audio has arrived by then.
-                await asyncio.sleep(min(full.retry_after, 0.2))
-                if not final:
-                    return
-        self._decoded_up_to = self._received
+                await asyncio.sleep(min(full.retry_after, 0.2))  # the engine is saturated: this unit waits
         transcript: Transcript = await asyncio.wrap_future(future)
+        self._decoded_up_to = end
         offset = self._buffer_start
         confirmed_end = self._confirmed[-1].end if self._confirmed else self._buffer_start
         fresh = [Word(w.word, w.start + offset, w.end + offset, w.conf) for w in transcript.words
@@ -143,12 +89,14 @@ class BufferedStream:
         self._confirmed += pending[:overflow]
         self._tentative = pending[overflow:]
 
-    def _close_segment(self, keep_from: float | None) -> Segment:
-        words = tuple(self._confirmed + self._tentative)
-        self._confirmed, self._tentative = [], []
-        if keep_from is not None:
-            self._trim(keep_from)
-        return Segment(" ".join(w.word for w in words), words)
+    def _close(self, count: int) -> Segment:
+        closed = self._pending_words()[:count]
+        from_tentative = max(0, count - len(self._confirmed))
+        self._confirmed = self._confirmed[count:]
+        self._tentative = self._tentative[from_tentative:]
+        if closed:
+            self._trim(closed[-1].end)
+        return Segment(" ".join(w.word for w in closed), tuple(closed))
 
     def _trim(self, at: float) -> None:
         cut = int((at - self._buffer_start) * self.rate)

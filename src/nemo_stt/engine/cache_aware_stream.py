@@ -15,17 +15,18 @@ of a stream is padded to the common size and its real length passed, so that the
 import asyncio
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from ..results import Word
-from .buffered_stream import Segment
 from .decoding import DecoderKind
-from .speech_energy import SpeechEnergy
+from .model_lock import ModelLock
+from .stream import Segment, Stream
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +77,15 @@ class _StreamState:
 class CacheAwareStreamer:
     """Runs the batched encoder steps of every open stream on one thread."""
 
-    def __init__(self, model, decoder: DecoderKind, lookahead_ms: float | None, max_batch: int = 64):
+    def __init__(self, model, decoder: DecoderKind, lookahead_ms: float | None, max_batch: int = 64,
+                 model_lock: ModelLock | None = None, on_idle: Callable[[], None] | None = None,
+                 idle_after: float = 10.0):
+        """`model_lock`: shared with the engine's batcher, so that a step has the model alone; `on_idle`:
+        called once after `idle_after` seconds without steps (to give freed memory back)."""
         self.model = model
+        self._model_lock = model_lock or ModelLock()
+        self._on_idle = on_idle
+        self._idle_after = idle_after
         self.decoder = decoder
         encoder = model.encoder
         stride = float(model.cfg.preprocessor.window_stride)
@@ -88,12 +96,15 @@ class CacheAwareStreamer:
         self.subsampling = int(encoder.subsampling_factor)
         self.frame_seconds = stride * self.subsampling
         self.att_context_size = self._choose_context(encoder, lookahead_ms, self.frame_seconds)
+        # Offline transcription keeps the model's own context: steps switch to theirs and back (`_in_context`).
+        self._model_context = list(encoder.att_context_size)
         encoder.set_default_att_context_size(self.att_context_size)
         config = encoder.streaming_cfg
         self.shift_frames = int(_second(config.shift_size))
         self.first_frames = int(_first(config.shift_size))
         self.pre_cache_frames = int(_second(config.pre_encode_cache_size))
         self.drop_pre_encoded = int(config.drop_extra_pre_encoded)
+        encoder.set_default_att_context_size(self._model_context)
         self.features = int(encoder._feat_in)
         self.device = next(model.parameters()).device
         self.max_batch = max_batch
@@ -152,25 +163,52 @@ class CacheAwareStreamer:
         return future
 
     def close(self) -> None:
+        """As the batcher closes: steps still queued are cancelled, the one running ends first."""
         with self._ready:
             self._closed = True
+            for _, future, _, _ in self._queue:
+                future.cancel()
+            self._queue.clear()
             self._ready.notify()
+        self._thread.join(timeout=60)
 
     def _run(self) -> None:
+        idle_handled = True  # nothing to release before the first step
         while True:
             with self._ready:
                 while not self._queue and not self._closed:
-                    self._ready.wait()
-                if self._closed and not self._queue:
+                    if idle_handled or self._on_idle is None:
+                        self._ready.wait()
+                    elif not self._ready.wait(self._idle_after) and not self._queue:
+                        break
+                if self._closed:
                     return
                 work, self._queue = self._queue, []
+            if not work:
+                idle_handled = True
+                self._on_idle()
+                continue
+            idle_handled = False
+            work = [item for item in work if item[1].set_running_or_notify_cancel()]
             try:
-                self._process(work)
+                with self._model_lock.exclusive(), self._in_context():
+                    self._process(work)
             except Exception as error:  # a failed step fails its streams, never the thread
                 log.exception("streaming step failed")
                 for _, future, _, _ in work:
                     if not future.done():
                         future.set_exception(error)
+
+    @contextmanager
+    def _in_context(self) -> Iterator[None]:
+        if self.att_context_size == self._model_context:
+            yield
+            return
+        self.model.encoder.set_default_att_context_size(self.att_context_size)
+        try:
+            yield
+        finally:
+            self.model.encoder.set_default_att_context_size(self._model_context)
 
     @torch.inference_mode()
     def _process(self, work: list) -> None:
@@ -330,17 +368,15 @@ def _as_list(values) -> list:
     return list(values)
 
 
-class CacheAwareStream:
-    """One connection's stream: the same interface as `BufferedStream`, backed by a `CacheAwareStreamer`."""
+class CacheAwareStream(Stream):
+    """One connection's stream, backed by a `CacheAwareStreamer`: one chunk per step."""
 
     def __init__(self, streamer: CacheAwareStreamer, pause_for_final: float):
+        super().__init__(streamer.sample_rate, pause_for_final, UNSETTLED_FRAMES * streamer.frame_seconds)
         self.streamer = streamer
-        self.pause_for_final = pause_for_final
         self._tokenizer = streamer.model.tokenizer
         self._state = streamer.new_state()
-        self._unsent: list[np.ndarray] = []
-        self._received = 0
-        self._energy = SpeechEnergy(streamer.sample_rate)
+        self._sent = 0  # samples handed to the streamer
         self._tokens: list[tuple[int, int, float]] = []  # since the last final
         self._in_flight: asyncio.Future | None = None
 
@@ -349,52 +385,28 @@ class CacheAwareStream:
         """Seconds of the stream covered by the encoder steps so far."""
         return self._state.frames_out * self.streamer.frame_seconds
 
-    def push(self, audio: np.ndarray) -> None:
-        self._unsent.append(audio)
-        self._received += len(audio)
-        self._energy.push(audio)
+    def _next_chunk_end(self) -> int:
+        """Stream samples needed for the stream's next chunk of mel frames."""
+        state, streamer = self._state, self.streamer
+        missing = streamer.frames_needed(state) - state.pending_frames
+        return (state.next_frame + missing - 1) * streamer.hop + streamer.n_fft // 2
 
     def ready(self) -> bool:
-        frames = self.streamer.frames_available(self._received) - self._state.next_frame
-        return frames + self._state.pending_frames >= self.streamer.frames_needed(self._state)
+        return self._sent + self._queue.samples >= self._next_chunk_end()
 
-    def partial_text(self) -> str:
-        return self._tokenizer.ids_to_text([token for token, _, _ in self._tokens]).strip()
+    async def _decode_unit(self) -> None:
+        await self._run(self._queue.take(self._next_chunk_end() - self._sent), flush=False)
 
-    async def step(self) -> Segment | None:
-        await self._run(flush=False)
-        return self.pause_final()
+    async def _decode_rest(self) -> None:
+        await self._run(self._queue.take(self._queue.samples), flush=True)
 
-    def pause_final(self) -> Segment | None:
-        """The words since the last final, once a pause of `pause_for_final` follows them.
-
-        The pause is counted in received audio, so a final needs no decoding of its last chunk, as long
-        as the audio past the decoded part is quiet (or, if loud, produced no words once decoded). Loud
-        audio just before the end of the decoded part counts as undecoded: a chunk's last frames see
-        little right context, and their words may come out with the next chunk.
-        """
-        if not self._tokens or self._in_flight is not None:
-            return None
-        last_token_end = (self._tokens[-1][1] + 1) * self.streamer.frame_seconds
-        received = self._received / self.streamer.sample_rate
-        settled = self.decoded_seconds - UNSETTLED_FRAMES * self.streamer.frame_seconds
-        quiet_tail = self._energy.last_loud_seconds <= settled
-        if received - last_token_end >= self.pause_for_final and quiet_tail:
-            return self._close_segment()
-        if self.decoded_seconds - last_token_end >= self.pause_for_final:  # a wordless pause, loud or not
-            return self._close_segment()
-        return None
-
-    async def finish(self) -> Segment:
-        await self._run(flush=True)
-        return self._close_segment()
-
-    async def _run(self, flush: bool) -> None:
-        audio = np.concatenate(self._unsent) if self._unsent else np.zeros(0, dtype=np.float32)
-        self._unsent = []
+    async def _run(self, audio: np.ndarray | None = None, flush: bool = False) -> None:
+        if audio is None:  # everything queued
+            audio = self._queue.take(self._queue.samples)
+        self._sent += len(audio)
         if self._in_flight is not None:
-            # A step whose caller was cancelled (a client's eof ends its decode loop) still runs to the end:
-            # wait for it, so that its tokens are kept and the state is never in two steps at once.
+            # A step whose caller was cancelled still runs to the end: wait for it, so that its tokens are
+            # kept and the state is never in two steps at once.
             await self._in_flight
         self._in_flight = asyncio.wrap_future(self.streamer.step(self._state, audio, flush=flush))
         await asyncio.shield(self._in_flight)
@@ -402,23 +414,24 @@ class CacheAwareStream:
         self._tokens += self._state.tokens
         self._state.tokens = []
 
-    def _close_segment(self) -> Segment:
-        words = tuple(_words(self._tokens, self._tokenizer, self.streamer.frame_seconds))
-        self._tokens = []
+    def _pending_words(self) -> list[Word]:
+        return [_word(group, self._tokenizer, self.streamer.frame_seconds) for group in self._groups()]
+
+    def _groups(self) -> list[list[tuple[int, int, float]]]:
+        """The pending tokens grouped into words ("▁" starts one)."""
+        pieces = self._tokenizer.ids_to_tokens([token for token, _, _ in self._tokens])
+        groups: list[list[tuple[int, int, float]]] = []
+        for piece, token in zip(pieces, self._tokens, strict=True):
+            if piece.startswith("▁") or not groups:
+                groups.append([])
+            groups[-1].append(token)
+        return groups
+
+    def _close(self, count: int) -> Segment:
+        groups = self._groups()
+        words = tuple(_word(group, self._tokenizer, self.streamer.frame_seconds) for group in groups[:count])
+        self._tokens = [token for group in groups[count:] for token in group]
         return Segment(" ".join(w.word for w in words), words)
-
-
-def _words(tokens: list[tuple[int, int, float]], tokenizer, frame_seconds: float) -> Iterator[Word]:
-    """Group SentencePiece tokens into words ("▁" starts one), with times and the mean token confidence."""
-    pieces = tokenizer.ids_to_tokens([token for token, _, _ in tokens])
-    group: list[tuple[int, int, float]] = []
-    for piece, token in zip(pieces, tokens, strict=True):
-        if piece.startswith("▁") and group:
-            yield _word(group, tokenizer, frame_seconds)
-            group = []
-        group.append(token)
-    if group:
-        yield _word(group, tokenizer, frame_seconds)
 
 
 def _word(group: list[tuple[int, int, float]], tokenizer, frame_seconds: float) -> Word:

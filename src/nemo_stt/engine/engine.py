@@ -20,7 +20,8 @@ from ..audio import AudioSource, AudioStream, decodes_quickly
 from ..results import Transcript, Word
 from .admission import Admission, Ticket
 from .batcher import Batcher, BatchPolicy
-from .cache_aware_stream import CacheAwareStreamer, supports_cache_aware_streaming
+from .buffered_stream import BufferedStream
+from .cache_aware_stream import CacheAwareStream, CacheAwareStreamer, supports_cache_aware_streaming
 from .decoding import configure_decoding, model_family, select_decoder
 from .long_audio import iter_windows, owned_words
 from .memory import release_free_memory
@@ -31,6 +32,8 @@ from .model_loading import (
     resolve_device,
     use_local_attention,
 )
+from .model_lock import ModelLock
+from .stream import Stream, StreamingParams
 from .transcriber import Transcriber
 from .vad import SpeechDetector, VadConfig
 
@@ -75,12 +78,13 @@ class Engine:
             workers = config.batching.workers
             torch.set_num_threads(config.num_threads or max(1, (os.cpu_count() or 1) // workers))
         self.language = config.language or ("en" if config.model is None else None)
-        self.batcher = Batcher(self.transcriber.transcribe_batch, self.sample_rate, config.batching,
-                               on_idle=release_free_memory)
+        self.model_lock = ModelLock()
+        self.batcher = Batcher(self._forward, self.sample_rate, config.batching, on_idle=release_free_memory)
         self.admission = Admission(config.max_requests, self.batcher.seconds_of_work)
         # Long files wait for their windows on a thread each, so that the event loop never waits.
         self._long_files = ThreadPoolExecutor(max_workers=config.max_requests, thread_name_prefix="long-file")
         self._streamer: CacheAwareStreamer | None = None
+        self._streaming: StreamingParams | None = None
         # Decoding and VAD of the requests of asyncio front ends. One thread: silero runs torch, and each
         # thread that does keeps an OpenMP pool (see `on_passing_thread`); auditok holds the interpreter lock.
         self._preparing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare")
@@ -111,6 +115,10 @@ class Engine:
         longest_input = max(self.config.long_file_threshold,
                             self.config.long_file_chunk + 2 * self.config.long_file_context)
         return longest_input > LOCAL_ATTENTION_ABOVE
+
+    def _forward(self, audios: list[np.ndarray]) -> list[Transcript]:
+        with self.model_lock.shared():
+            return self.transcriber.transcribe_batch(audios)
 
     def encoder_attention(self) -> str:
         return str(self.model.encoder.self_attention_model)
@@ -298,14 +306,31 @@ class Engine:
     def supports_cache_aware_streaming(self) -> bool:
         return not self.local_attention and supports_cache_aware_streaming(self.model)
 
-    def cache_aware_streamer(self, lookahead_ms: float | None) -> CacheAwareStreamer:
-        """The shared stepping loop of cache-aware streams (one per engine)."""
-        if self._streamer is None:
+    def start_streaming(self, params: StreamingParams) -> str:
+        """Set up streaming as `params` say and warm up what serves the streams; returns the engine's name
+        ("cache-aware" or "buffered"). Raises ModelLoadError for cache-aware streaming of a model that
+        attends over its whole input."""
+        cache_aware = params.engine == "cache_aware" or (params.engine == "auto"
+                                                          and self.supports_cache_aware_streaming())
+        if cache_aware and self._streamer is None:
             if not self.supports_cache_aware_streaming():
                 raise ModelLoadError("this model attends over its whole input: it cannot stream with caches; "
                                      "use buffered streaming")
-            self._streamer = CacheAwareStreamer(self.model, self.decoder, lookahead_ms)
-        return self._streamer
+            self._streamer = CacheAwareStreamer(self.model, self.decoder, params.lookahead_ms, params.max_batch,
+                                                model_lock=self.model_lock, on_idle=release_free_memory)
+        self._streaming = params
+        # Warm up only what serves the streams: each thread that runs torch keeps a pool of helper threads,
+        # and more of them than cores slows every step (see `on_passing_thread`).
+        (self._streamer if cache_aware else self).warm_up()
+        return "cache-aware" if cache_aware else "buffered"
+
+    def open_stream(self) -> Stream:
+        """A new stream on the engine set up by `start_streaming`."""
+        if self._streaming is None:
+            raise RuntimeError("start_streaming first")
+        if self._streamer is not None and self._streaming.engine != "buffered":
+            return CacheAwareStream(self._streamer, self._streaming.pause_for_final)
+        return BufferedStream(self.submit_raw, self.sample_rate, self._streaming)
 
     def warm_up(self) -> None:
         """One short inference on the inference loops, so that the first request does not pay for lazy

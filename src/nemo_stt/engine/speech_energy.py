@@ -6,7 +6,9 @@ not-yet-decoded tail may hold speech: when it holds none, the words decoded so f
 a pause and can be sent as a final at once.
 
 A 20-ms window is loud when its RMS passes both an absolute floor (-50 dBFS) and a few times the
-stream's noise level, which follows the quiet windows quickly and the loud ones slowly.
+stream's noise level, which follows the quiet windows quickly and the loud ones slowly. Every window's
+verdict is kept (a byte per 20 ms), so that a stream whose audio arrives faster than it is decoded can
+ask whether a stretch behind the newest audio was quiet.
 """
 
 import numpy as np
@@ -24,6 +26,7 @@ class SpeechEnergy:
         self.noise: float | None = None
         self.received = 0  # samples
         self.last_loud_end = 0  # sample index just after the last loud window
+        self._loud = bytearray()  # one verdict per whole window since the start
         self._partial = np.zeros(0, dtype=np.float32)
 
     def push(self, audio: np.ndarray) -> None:
@@ -33,13 +36,23 @@ class SpeechEnergy:
         if whole:
             windows = audio[:whole].reshape(-1, self.window).astype(np.float64)
             for index, rms in enumerate(np.sqrt(np.mean(windows**2, axis=1))):
-                if self._is_loud(rms):
+                loud = bool(self._is_loud(rms))
+                self._loud.append(loud)
+                if loud:
                     self.last_loud_end = self.received + (index + 1) * self.window
             self.received += whole
 
     @property
     def last_loud_seconds(self) -> float:
         return self.last_loud_end / self.sample_rate
+
+    def loud_between(self, start: float, end: float) -> bool:
+        """Whether a window overlapping (start, end] seconds was loud (audio not yet received counts as loud)."""
+        if end * self.sample_rate > self.received:
+            return True
+        first = max(0, int(start * self.sample_rate) // self.window)
+        last = int(np.ceil(end * self.sample_rate / self.window))
+        return any(self._loud[first:last])
 
     def _is_loud(self, rms: float) -> bool:
         if self.noise is None or rms < self.noise:
