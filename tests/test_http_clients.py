@@ -1,5 +1,5 @@
 """Hostile and impatient HTTP clients, against `nemo-stt serve` in its own process: bodies that stop or
-trickle in."""
+trickle in, clients that leave during their upload."""
 
 import select
 import socket
@@ -57,6 +57,16 @@ def served_meanwhile(server, fixture_texts) -> None:
     assert wer(fixture_texts["anna_bread.wav"], response.json()["text"]) <= OWN_TEXT_MAX_WER
 
 
+def log_since(server, start: int, wanted: str, timeout: float = 10) -> str:
+    """The server's log after offset `start`, once it holds `wanted` (or after `timeout` s)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        new = server.output()[start:]
+        if wanted in new or time.monotonic() > deadline:
+            return new
+        time.sleep(0.1)
+
+
 def test_a_body_shorter_than_its_content_length_gets_408_and_others_are_served(server, fixture_texts):
     body = multipart((FIXTURES / "anna_bread.wav").read_bytes())
     with connect(server) as stalled:
@@ -103,3 +113,14 @@ def test_a_slow_drip_client_is_cut_off_while_others_are_served(server, fixture_t
     assert outcome["answer"] == b"" or outcome["answer"].startswith(b"HTTP/1.1 408 "), outcome["answer"]
     assert b"too slowly" in outcome["answer"] or not outcome["answer"]
     assert outcome["elapsed"] <= BODY_TIMEOUT + 3
+
+
+def test_a_client_leaving_during_its_upload_is_one_info_line_not_a_traceback(server):
+    body = multipart((FIXTURES / "anna_bread.wav").read_bytes())
+    start = len(server.output())
+    with connect(server) as sock:
+        sock.sendall(request_head(server, len(body)) + body[: len(body) // 2])
+        time.sleep(0.3)
+    log = log_since(server, start, "client left during its upload")
+    assert f"INFO nemo_stt.http_api: client left during its upload ({len(body) // 2} of {len(body)} bytes" in log
+    assert "Exception in ASGI application" not in log and "Traceback" not in log and "ERROR" not in log
