@@ -1,15 +1,19 @@
 """Hostile and impatient HTTP clients, against `nemo-stt serve` in its own process: bodies that stop or
-trickle in, clients that leave during their upload."""
+trickle in, clients that leave during their upload or before their transcript is ready."""
 
+import os
 import select
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
 
 from .conftest import FIXTURES, OWN_TEXT_MAX_WER, ServerProcess, wer
+from .recordings import as_wav, meeting
 
 BODY_TIMEOUT = 2.0  # HTTP_BODY_TIMEOUT of the server under test
 MIN_RATE = 1000  # HTTP_BODY_MIN_RATE, bytes/s
@@ -49,6 +53,16 @@ def read_answer(sock: socket.socket) -> bytes:
     return answer
 
 
+def read_answer_head(sock: socket.socket) -> bytes:
+    """The status line and headers of the server's answer, on a connection the server keeps open."""
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        chunk = sock.recv(65536)
+        assert chunk, answer
+        answer += chunk
+    return answer
+
+
 def served_meanwhile(server, fixture_texts) -> None:
     """A normal request is answered with its own text."""
     response = httpx.post(f"{server.url}/transcribe", files={"file": ("anna_bread.wav",
@@ -65,6 +79,11 @@ def log_since(server, start: int, wanted: str, timeout: float = 10) -> str:
         if wanted in new or time.monotonic() > deadline:
             return new
         time.sleep(0.1)
+
+
+def cpu_seconds(server) -> float:
+    fields = Path(f"/proc/{server.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def test_a_body_shorter_than_its_content_length_gets_408_and_others_are_served(server, fixture_texts):
@@ -124,3 +143,34 @@ def test_a_client_leaving_during_its_upload_is_one_info_line_not_a_traceback(ser
     log = log_since(server, start, "client left during its upload")
     assert f"INFO nemo_stt.http_api: client left during its upload ({len(body) // 2} of {len(body)} bytes" in log
     assert "Exception in ASGI application" not in log and "Traceback" not in log and "ERROR" not in log
+
+
+def test_clients_leaving_after_their_upload_have_their_transcriptions_cancelled(server, fixture_texts):
+    clients = 24
+    upload = multipart(as_wav(meeting(36)), "meeting.wav")
+    alone_started = cpu_seconds(server)
+    with connect(server) as sock:
+        sock.sendall(request_head(server, len(upload)) + upload)
+        assert read_answer_head(sock).startswith(b"HTTP/1.1 200 ")
+    one_transcription = cpu_seconds(server) - alone_started
+
+    def upload_and_leave(_):
+        with connect(server) as sock:
+            sock.sendall(request_head(server, len(upload)) + upload)
+            time.sleep(0.05)
+
+    start = len(server.output())
+    burst_started = cpu_seconds(server)
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(upload_and_leave, range(clients)))
+    # Right after them a client that stays gets its transcript, neither 503 nor a wait behind the others.
+    served_meanwhile(server, fixture_texts)
+    time.sleep(0.5)  # a batch that was running when its clients left ends
+    burst = cpu_seconds(server) - burst_started
+    log = log_since(server, start, "cancelled")
+    cancelled = log.count("INFO nemo_stt.http_api: client left before its transcription finished: cancelled")
+    assert cancelled >= clients * 3 // 4, log
+    # Transcribed, the burst would cost `clients` transcriptions; cancelled, at most the batch that had begun.
+    assert burst < clients * one_transcription / 4, (burst, one_transcription)
+    assert "Exception in ASGI application" not in log and "Traceback" not in log and "ERROR" not in log
+

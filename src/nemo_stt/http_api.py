@@ -3,6 +3,8 @@
 import asyncio
 import logging
 import math
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -99,6 +101,8 @@ class BodyGuardMiddleware:
         except ClientDisconnect:
             log.info("client left during its upload (%d of %s bytes received): nothing transcribed",
                      body.received, declared.decode() if declared is not None else "?")
+        except _ClientLeft:
+            pass  # logged where it was seen
 
     def _too_large(self) -> tuple[int, str, dict]:
         return 413, f"the upload is larger than the limit of {self.max_bytes / 1e6:g} MB", {}
@@ -121,7 +125,7 @@ class _BodyReader:
         self.started = asyncio.get_running_loop().time()
 
     async def receive(self):
-        if self.complete:  # after the body: no limit
+        if self.complete:  # after the body: the next message is the disconnect, waited for without a limit
             return await self._receive()
         guard = self.guard
         loop = asyncio.get_running_loop()
@@ -158,6 +162,10 @@ class _BodyReader:
 
 class _BodyFailed(Exception):
     """Raised to the app by `receive` when the body broke a limit: the middleware answers in its place."""
+
+
+class _ClientLeft(Exception):
+    """The client disconnected after its upload: nothing is to be answered."""
 
 
 def create_app(engine: Engine, max_upload_bytes: int, body_timeout: float = 30,
@@ -206,7 +214,10 @@ def create_app(engine: Engine, max_upload_bytes: int, body_timeout: float = 30,
                 raise HTTPException(415, f"{file.filename or 'file'}: the file is empty")
             try:
                 # The upload is spooled to disk by the form parser; decoding reads it incrementally.
-                transcript = await engine.transcribe_source_async(file.file, language)
+                transcript = await _unless_client_leaves(engine.transcribe_source_async(file.file, language),
+                                                         request.receive)
+            except _ClientLeft:
+                raise
             except AudioDecodeError as error:
                 raise HTTPException(415, f"{file.filename or 'file'}: {error}") from None
             except QueueFull as full:
@@ -218,6 +229,38 @@ def create_app(engine: Engine, max_upload_bytes: int, body_timeout: float = 30,
         return render(transcript, output)
 
     return app
+
+
+T = TypeVar("T")
+
+
+async def _unless_client_leaves(work: Awaitable[T], receive) -> T:
+    """The result of `work`, which is cancelled (raising _ClientLeft) if the client disconnects first.
+
+    The body has been read, so the next message `receive` gives is the disconnect. Cancelling the engine's
+    coroutine drops the request's pieces that are still queued, so the model spends no forward on them.
+    """
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(receive))
+    try:
+        done, _ = await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # this request is cancelled itself (server shutdown)
+        task.cancel()
+        watcher.cancel()
+        raise
+    watcher.cancel()
+    if task in done:
+        return task.result()
+    task.cancel()
+    await asyncio.wait((task,))  # until it has dropped its queued pieces
+    watcher.result()  # a watcher that failed fails the request
+    log.info("client left before its transcription finished: cancelled")
+    raise _ClientLeft
+
+
+async def _disconnected(receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 _TRANSCRIBE_BODY = {
