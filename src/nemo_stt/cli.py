@@ -28,7 +28,8 @@ def serve(settings: Settings) -> None:
 
     from .http_api import create_app
 
-    app = create_app(load_engine(settings), max_upload_bytes=int(settings.MAX_UPLOAD_MB * 1e6))
+    app = create_app(load_engine(settings), max_upload_bytes=int(settings.MAX_UPLOAD_MB * 1e6),
+                     body_timeout=settings.HTTP_BODY_TIMEOUT, body_min_rate=settings.HTTP_BODY_MIN_RATE)
     uvicorn.run(app, host="0.0.0.0", port=settings.HTTP_PORT, log_level="info", timeout_graceful_shutdown=30)
 
 

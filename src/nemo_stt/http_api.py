@@ -1,11 +1,16 @@
 """HTTP mode: POST /transcribe, GET /healthcheck and Swagger UI at /docs, as LinTO-STT-NeMo serves them."""
 
+import asyncio
 import logging
+import math
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect
 
 from . import results
 from .audio import AudioDecodeError
@@ -49,65 +54,131 @@ def negotiate(accept: str | None) -> str:
     raise HTTPException(406, f"cannot answer with {accept!r}; supported: {', '.join(_FORMATS)}")
 
 
-class UploadLimitMiddleware:
-    """Answers 413 as soon as a request body grows past the limit, before it is read whole."""
+class BodyGuardMiddleware:
+    """Guards the reading of request bodies, which the app does at its own pace through `receive`.
 
-    def __init__(self, app, max_bytes: int):
+    - 413 as soon as a body grows past `max_bytes`, before it is read whole.
+    - 408, and the connection closed, when a body stops (no data for `timeout` seconds: a Content-Length
+      larger than what is sent, a stalled client) or trickles in: after `timeout` seconds of grace, each
+      byte received buys 1/`min_rate` s more, so a body of n bytes must be in within timeout + n/min_rate
+      seconds (the rule of Apache's mod_reqtimeout). A slow link that keeps up `min_rate` on average can
+      upload any size; a client that sends a byte every few seconds is cut off after `timeout`. uvicorn has
+      no such limit (its keep-alive timeout only runs between requests), so a connection would otherwise be
+      held for ever.
+    - A client that leaves during its upload ends the request with one INFO line, not an error.
+    """
+
+    def __init__(self, app, max_bytes: int, timeout: float = 30, min_rate: float = 10_000):
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout = timeout
+        self.min_rate = min_rate
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._too_large(send)
-        received = 0
-        exceeded = False
+            return await self._answer(send, *self._too_large())
+        body = _BodyReader(self, receive, declared)
         replaced = False
 
-        async def counting_receive():
-            nonlocal received, exceeded
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    exceeded = True
-                    raise _BodyTooLarge
-            return message
-
         async def guarded_send(message):
-            # The body parser turns any receive error into its own 400: answer 413 in its place.
+            # Whatever the app answers once the body has failed (it may catch the error), the client gets
+            # the answer to the failure.
             nonlocal replaced
-            if not exceeded:
+            if body.failure is None:
                 return await send(message)
             if not replaced and message["type"] == "http.response.start":
                 replaced = True
-                await self._too_large(send)
+                await self._answer(send, *body.failure)
 
         try:
-            await self.app(scope, counting_receive, guarded_send)
-        except _BodyTooLarge:
+            await self.app(scope, body.receive, guarded_send)
+        except _BodyFailed:
             if not replaced:
-                await self._too_large(send)
+                await self._answer(send, *body.failure)
+        except ClientDisconnect:
+            log.info("client left during its upload (%d of %s bytes received): nothing transcribed",
+                     body.received, declared.decode() if declared is not None else "?")
+        except _ClientLeft:
+            pass  # logged where it was seen
 
-    async def _too_large(self, send):
-        limit_mb = self.max_bytes / 1e6
-        response = JSONResponse({"detail": f"the upload is larger than the limit of {limit_mb:g} MB"}, 413)
-        await response({"type": "http"}, None, send)
+    def _too_large(self) -> tuple[int, str, dict]:
+        return 413, f"the upload is larger than the limit of {self.max_bytes / 1e6:g} MB", {}
+
+    @staticmethod
+    async def _answer(send, status: int, detail: str, headers: dict) -> None:
+        await JSONResponse({"detail": detail}, status, headers=headers)({"type": "http"}, None, send)
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _BodyReader:
+    """The `receive` of one request as the app sees it, with the limits of `BodyGuardMiddleware`."""
+
+    def __init__(self, guard: BodyGuardMiddleware, receive, declared: bytes | None):
+        self.guard = guard
+        self._receive = receive
+        self.declared = declared
+        self.received = 0
+        self.complete = False
+        self.failure: tuple[int, str, dict] | None = None  # (status, detail, headers) once the body failed
+        self.started = asyncio.get_running_loop().time()
+
+    async def receive(self):
+        if self.complete:  # after the body: the next message is the disconnect, waited for without a limit
+            return await self._receive()
+        guard = self.guard
+        loop = asyncio.get_running_loop()
+        by_rate = math.inf
+        if guard.min_rate:
+            by_rate = self.started + guard.timeout + self.received / guard.min_rate - loop.time()
+        try:
+            async with asyncio.timeout(max(0.0, min(guard.timeout, by_rate))):
+                message = await self._receive()
+        except TimeoutError:
+            raise self._timed_out(too_slow=by_rate < guard.timeout, elapsed=loop.time() - self.started) from None
+        if message["type"] == "http.request":
+            self.received += len(message.get("body", b""))
+            if self.received > guard.max_bytes:
+                self.failure = guard._too_large()
+                raise _BodyFailed
+            if not message.get("more_body", False):
+                self.complete = True
+        return message
+
+    def _timed_out(self, too_slow: bool, elapsed: float) -> "_BodyFailed":
+        guard = self.guard
+        if too_slow:
+            detail = (f"the request body came too slowly: {self.received} bytes in {elapsed:.0f} s, "
+                      f"below {guard.min_rate:g} bytes/s after the first {guard.timeout:g} s")
+        else:
+            detail = f"the request body stopped: no data for {guard.timeout:g} s"
+        log.info("408 after %d of %s bytes: %s", self.received,
+                 self.declared.decode() if self.declared is not None else "?", detail)
+        # The rest of the body will not be read: the connection cannot carry another request.
+        self.failure = (408, detail, {"connection": "close"})
+        return _BodyFailed()
 
 
-def create_app(engine: Engine, max_upload_bytes: int) -> FastAPI:
+class _BodyFailed(Exception):
+    """Raised to the app by `receive` when the body broke a limit: the middleware answers in its place."""
+
+
+class _ClientLeft(Exception):
+    """The client disconnected after its upload: nothing is to be answered."""
+
+
+def create_app(engine: Engine, max_upload_bytes: int, body_timeout: float = 30,
+               body_min_rate: float = 10_000) -> FastAPI:
+    """The app; `body_timeout` (s) and `body_min_rate` (bytes/s) bound the reading of bodies (see
+    `BodyGuardMiddleware`)."""
     app = FastAPI(
         title="nemo-stt",
         description="Speech-to-text with NeMo ASR models, compatible with LinTO-STT-NeMo.",
         version=_version(),
     )
-    app.add_middleware(UploadLimitMiddleware, max_bytes=max_upload_bytes)
+    app.add_middleware(BodyGuardMiddleware, max_bytes=max_upload_bytes, timeout=body_timeout,
+                       min_rate=body_min_rate)
 
     @app.get("/healthcheck", response_class=PlainTextResponse, summary="1 when the model is loaded")
     async def healthcheck() -> str:
@@ -121,6 +192,8 @@ def create_app(engine: Engine, max_upload_bytes: int) -> FastAPI:
                   "description": "JSON with text, words, language and confidence-score; or text, WebVTT, SRT "
                                  "according to the Accept header"},
             406: {"description": "the Accept header names no supported format"},
+            408: {"description": "the body stopped for HTTP_BODY_TIMEOUT seconds, or came slower than "
+                                 "HTTP_BODY_MIN_RATE"},
             413: {"description": "the upload is larger than MAX_UPLOAD_MB"},
             415: {"description": "the file is not decodable audio"},
             422: {"description": "the form has no `file`, or a field of the wrong kind"},
@@ -141,7 +214,10 @@ def create_app(engine: Engine, max_upload_bytes: int) -> FastAPI:
                 raise HTTPException(415, f"{file.filename or 'file'}: the file is empty")
             try:
                 # The upload is spooled to disk by the form parser; decoding reads it incrementally.
-                transcript = await engine.transcribe_source_async(file.file, language)
+                transcript = await _unless_client_leaves(engine.transcribe_source_async(file.file, language),
+                                                         request.receive)
+            except _ClientLeft:
+                raise
             except AudioDecodeError as error:
                 raise HTTPException(415, f"{file.filename or 'file'}: {error}") from None
             except QueueFull as full:
@@ -153,6 +229,38 @@ def create_app(engine: Engine, max_upload_bytes: int) -> FastAPI:
         return render(transcript, output)
 
     return app
+
+
+T = TypeVar("T")
+
+
+async def _unless_client_leaves(work: Awaitable[T], receive) -> T:
+    """The result of `work`, which is cancelled (raising _ClientLeft) if the client disconnects first.
+
+    The body has been read, so the next message `receive` gives is the disconnect. Cancelling the engine's
+    coroutine drops the request's pieces that are still queued, so the model spends no forward on them.
+    """
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(receive))
+    try:
+        done, _ = await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # this request is cancelled itself (server shutdown)
+        task.cancel()
+        watcher.cancel()
+        raise
+    watcher.cancel()
+    if task in done:
+        return task.result()
+    task.cancel()
+    await asyncio.wait((task,))  # until it has dropped its queued pieces
+    watcher.result()  # a watcher that failed fails the request
+    log.info("client left before its transcription finished: cancelled")
+    raise _ClientLeft
+
+
+async def _disconnected(receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 _TRANSCRIBE_BODY = {

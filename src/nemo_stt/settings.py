@@ -83,6 +83,13 @@ class Settings(BaseSettings):
     """Port of the HTTP mode."""
     MAX_UPLOAD_MB: float = Field(default=500, gt=0)
     """Largest accepted upload to /transcribe, in MB; larger ones get 413."""
+    HTTP_BODY_TIMEOUT: float = Field(default=30, gt=0)
+    """Seconds a request body may go without any data before the request gets 408 and its connection is
+    closed; also the grace period of HTTP_BODY_MIN_RATE."""
+    HTTP_BODY_MIN_RATE: float = Field(default=10_000, ge=0)
+    """Slowest accepted upload, in bytes per second: after HTTP_BODY_TIMEOUT seconds of grace, each byte
+    received buys 1/HTTP_BODY_MIN_RATE s more, so a body must have arrived within HTTP_BODY_TIMEOUT +
+    size / HTTP_BODY_MIN_RATE seconds (408 past it); 0 turns this rule off."""
 
     # Batching (every front end's requests share one queue)
     BATCH_MAX_SIZE: int = Field(default=16, ge=1)
