@@ -1,6 +1,7 @@
 """Task mode against real brokers: a Celery client that does only what linto-transcription-service does."""
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -78,6 +79,14 @@ class Worker:
             time.sleep(0.3)
         raise RuntimeError(f"worker not ready:\n{self.log_path.read_text()}")
 
+    def wait_for_log(self, text: str, timeout: float = 10) -> str:
+        """The worker's log once it holds `text` (a task's result can reach the client before its log line)."""
+        deadline = time.time() + timeout
+        while text not in (log := self.log_path.read_text()) and time.time() < deadline:
+            time.sleep(0.1)
+        assert text in log, f"{text!r} not in the worker's log:\n{log[-3000:]}"
+        return log
+
     def stop(self, sig=signal.SIGTERM) -> None:
         if self.process.poll() is None:
             self.process.send_signal(sig)
@@ -89,7 +98,7 @@ class Worker:
 
 
 @pytest.fixture(scope="module", params=sorted(BROKERS))
-def setup(request, redis_port, shared_folder):
+def served(request, redis_port, shared_folder):
     broker, backend = (url.format(port=redis_port) for url in BROKERS[request.param])
     # With Redis the worker finds its results database (db 1) by itself.
     env = {"RESULT_BACKEND": backend} if request.param == "rabbitmq" else {}
@@ -97,12 +106,32 @@ def setup(request, redis_port, shared_folder):
     worker = Worker(broker, queue, shared_folder, TASK_VISIBILITY_TIMEOUT="4", **env)
     worker.wait_ready()
     client = Celery("client", broker=broker, backend=backend)
-    yield request.param, broker, queue, client, env
+    yield (request.param, broker, queue, client, env), worker
     worker.stop()
 
 
-def send(client: Celery, queue: str, *args):
-    return client.send_task("transcribe_task", queue=queue, args=list(args))
+@pytest.fixture(scope="module")
+def setup(served):
+    """(broker kind, broker URL, queue, client, the worker's extra environment) of the module's worker."""
+    return served[0]
+
+
+@pytest.fixture(scope="module")
+def worker(served):
+    return served[1]
+
+
+def send(client: Celery, queue: str, *args, **kwargs):
+    return client.send_task("transcribe_task", queue=queue, args=list(args), kwargs=kwargs)
+
+
+def assert_input_error(worker: Worker, task, message: str) -> None:
+    """`task` failed with `message`, logged as the client's error: at INFO, without a traceback."""
+    with pytest.raises(Exception, match=message):
+        task.get(timeout=120)
+    assert task.state == "FAILURE"
+    # Celery logs an exception the task declares in `throws` this way; any other with ERROR and a traceback.
+    worker.wait_for_log(f"INFO celery.app.trace: Task transcribe_task[{task.id}] raised expected: TaskInputError")
 
 
 def test_transcripts_with_metadata(setup, shared_folder, fixture_texts):
@@ -134,15 +163,63 @@ def test_without_metadata(setup, fixture_texts):
     ("missing.wav", "no such file"),
     ("corrupt.wav", "corrupt.wav"),
     ("notes.txt", "not a readable audio file"),
+    ("anna_bread.wav\0.mp3", "must not contain a NUL byte"),
+    ("x" * 300 + ".wav", "File name too long"),
 ])
-def test_bad_input_fails_that_task_with_a_message(setup, path, message, fixture_texts):
+def test_bad_input_fails_that_task_with_a_message(setup, worker, path, message, fixture_texts):
     _, _, queue, client, _ = setup
-    bad = send(client, queue, path, True)
-    with pytest.raises(Exception, match=message):
-        bad.get(timeout=120)
-    assert bad.state == "FAILURE"
+    assert_input_error(worker, send(client, queue, path, True), message)
     good = send(client, queue, "anna_bread.wav", True).get(timeout=120)
     assert wer(fixture_texts["anna_bread.wav"], good["text"]) <= OWN_TEXT_MAX_WER
+
+
+def test_with_metadata_is_read_as_a_boolean_from_booleans_0_1_and_boolean_words(setup):
+    _, _, queue, client, _ = setup
+    # (value, what it means): JSON keeps 1 and true apart, so the worker sees both kinds.
+    values = [(True, True), ("true", True), ("TRUE", True), (" Yes ", True), (1, True), ("1", True),
+              (False, False), ("false", False), ("False", False), ("no", False), (0, False), ("0", False)]
+    tasks = [send(client, queue, "anna_bread.wav", value) for value, _ in values]
+    for (value, meaning), task in zip(values, tasks, strict=True):
+        result = task.get(timeout=120)
+        assert bool(result["words"]) is meaning, value
+        assert (result["confidence-score"] > 0) is meaning, value
+
+
+@pytest.mark.parametrize("value", ["maybe", "", 2, -1, 1.0, None, [], {"x": 1}])
+def test_a_with_metadata_that_is_not_a_boolean_fails_the_task(setup, worker, value):
+    _, _, queue, client, _ = setup
+    assert_input_error(worker, send(client, queue, "anna_bread.wav", value), "with_metadata must be a boolean")
+
+
+def test_language_must_be_a_string_or_null(setup, worker):
+    _, _, queue, client, _ = setup
+    for value in (5, True, ["en"], {"code": "en"}):
+        assert_input_error(worker, send(client, queue, "anna_bread.wav", True, value),
+                           "language must be a string or null")
+    # Null or empty: the default language (the demo model's).
+    assert [send(client, queue, "anna_bread.wav", True, value).get(timeout=120)["language"]
+            for value in (None, "", "fr")] == ["en", "en", "fr"]
+
+
+@pytest.mark.parametrize(("args", "kwargs", "reason"), [
+    ([], {}, "missing a required argument: 'file_path'"),
+    (["anna_bread.wav", True, "en", "extra"], {}, "too many positional arguments"),
+    (["anna_bread.wav"], {"speaker": 2}, "unexpected keyword argument 'speaker'"),
+    (["anna_bread.wav"], {"file_path": "red_car.mp3"}, "multiple values for argument 'file_path'"),
+])
+def test_a_call_with_wrong_arguments_fails_saying_what_the_task_takes(setup, worker, args, kwargs, reason):
+    _, _, queue, client, _ = setup
+    message = re.escape("transcribe_task takes (file_path, with_metadata=True, language=None)") + ".*" + reason
+    assert_input_error(worker, send(client, queue, *args, **kwargs), message)
+
+
+def test_the_arguments_may_be_given_by_keyword_and_the_last_two_left_out(setup, fixture_texts):
+    _, _, queue, client, _ = setup
+    by_keyword = send(client, queue, file_path="red_car.mp3", with_metadata=False, language="de").get(timeout=120)
+    assert by_keyword["language"] == "de" and by_keyword["words"] == []
+    alone = send(client, queue, "red_car.mp3").get(timeout=120)
+    assert alone["words"] and alone["text"] == by_keyword["text"]
+    assert wer(fixture_texts["red_car.mp3"], alone["text"]) <= OWN_TEXT_MAX_WER
 
 
 def test_twenty_queued_tasks_all_complete(setup, fixture_texts):
