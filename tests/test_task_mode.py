@@ -17,7 +17,7 @@ from celery import Celery
 from nemo_stt.audio import decode_audio
 
 from .conftest import FIXTURES, OWN_TEXT_MAX_WER, free_port, wer
-from .test_long_files import as_wav
+from .recordings import as_wav, meeting
 
 RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"
 # Broker and result backend. With RabbitMQ, results go to Redis (RESULT_BACKEND), as in deployments that
@@ -57,11 +57,13 @@ def shared_folder(tmp_path_factory, fixture_texts):
     (folder / "link.wav").symlink_to(outside)
     audio = decode_audio(FIXTURES / "old_house.flac", 16000)
     (folder / "long.wav").write_bytes(as_wav(np.tile(np.concatenate([audio, np.zeros(8000, np.float32)]), 150)))
+    (folder / "meeting-150s.wav").write_bytes(as_wav(meeting(150)))  # a few seconds' work
     return folder
 
 
 class Worker:
     def __init__(self, broker: str, queue: str, folder: Path, **env: str):
+        self.broker = broker
         self.log_path = folder.parent / f"worker-{uuid.uuid4().hex[:6]}.log"
         self.log = open(self.log_path, "w")  # noqa: SIM115
         full_env = {**os.environ, "SERVICE_MODE": "task", "SERVICES_BROKER": broker, "SERVICE_NAME": queue,
@@ -279,3 +281,61 @@ def test_rabbitmq_with_the_rpc_result_backend(shared_folder, fixture_texts):
             send(client, queue, "missing.wav", True).get(timeout=120)
     finally:
         worker.stop()
+
+
+def one_slot_worker(redis_port: int, shared_folder: Path) -> tuple[Worker, Celery, str]:
+    """A worker on Redis that runs one task at a time (the others wait in the broker), and its client."""
+    broker, backend = (url.format(port=redis_port) for url in BROKERS["redis"])
+    queue = f"stt-revoke-{uuid.uuid4().hex[:8]}"
+    worker = Worker(broker, queue, shared_folder, CONCURRENCY="0")
+    worker.wait_ready()
+    return worker, Celery("client", broker=broker, backend=backend), queue
+
+
+def revoke_one_waiting(worker: Worker, client: Celery, queue: str):
+    """A task of a few seconds, then one revoked while it waits behind that, then a short one: the three results."""
+    running, revoked, last = (send(client, queue, name, False)
+                              for name in ("meeting-150s.wav", "red_car.mp3", "anna_bread.wav"))
+    deadline = time.time() + 60
+    while running.state not in ("STARTED", "PROGRESS") and time.time() < deadline:
+        time.sleep(0.05)
+    revoked.revoke()  # terminate=False
+    log = worker.wait_for_log(f"Tasks flagged as revoked: {revoked.id}")
+    # The worker heard the revoke while the task still waited in the queue, behind the running one.
+    assert not running.ready() and f"[{revoked.id}] received" not in log
+    return running, revoked, last
+
+
+def assert_skipped(worker: Worker, revoked, last) -> None:
+    """`revoked` was skipped, with a line at INFO, and never transcribed; `last` ran after it."""
+    assert last.get(timeout=300)["text"]
+    assert revoked.state == "REVOKED"
+    log = worker.wait_for_log(f"INFO celery.worker.request: Discarding revoked task: transcribe_task[{revoked.id}]")
+    assert f"transcribe_task[{revoked.id}] succeeded" not in log
+    assert not [line for line in log.splitlines() if revoked.id in line and " INFO " not in line]
+
+
+def test_a_revoked_task_waiting_in_the_queue_is_skipped(redis_port, shared_folder):
+    worker, client, queue = one_slot_worker(redis_port, shared_folder)
+    try:
+        running, revoked, last = revoke_one_waiting(worker, client, queue)
+        assert running.get(timeout=300)["text"]
+        assert_skipped(worker, revoked, last)
+    finally:
+        worker.stop()
+
+
+def test_a_revoked_task_is_skipped_by_a_worker_started_after_the_revoke(redis_port, shared_folder):
+    first, client, queue = one_slot_worker(redis_port, shared_folder)
+    try:
+        running, revoked, last = revoke_one_waiting(first, client, queue)
+    finally:
+        first.stop()  # SIGTERM: the running task finishes; the other two stay in the queue
+    assert running.get(timeout=10)["text"] and f"[{revoked.id}] received" not in first.log_path.read_text()
+    # The next worker never heard the revoke: it learns it from the result backend.
+    second = Worker(first.broker, queue, shared_folder, CONCURRENCY="0")
+    try:
+        second.wait_ready()
+        assert_skipped(second, revoked, last)
+    finally:
+        second.stop()

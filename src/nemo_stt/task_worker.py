@@ -6,7 +6,8 @@ the result with `AsyncResult.get()`. The audio is read from the shared folder; n
 
 Reliability: tasks are acknowledged after they finish (`acks_late`) and given back to the broker
 when the worker dies (`reject_on_worker_lost`), with a prefetch of one, so that a killed worker
-loses nothing; SIGTERM lets the running tasks finish first (Celery's warm shutdown).
+loses nothing; SIGTERM lets the running tasks finish first (Celery's warm shutdown). A revoked task
+that has not started is skipped, by a worker that did not hear the revoke too (`_RevokeCheckedRequest`).
 """
 
 import inspect
@@ -15,7 +16,10 @@ import os
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from celery import Celery, Task
+from celery import Celery, Task, states
+from celery.backends.rpc import RPCBackend
+from celery.worker import state as worker_state
+from celery.worker.request import Request
 
 from . import results
 from .audio import AudioDecodeError
@@ -64,12 +68,40 @@ def task_language(value) -> str | None:
     raise TaskInputError(f"language must be a string or null, not {_shown(value)}")
 
 
+class _RevokeCheckedRequest(Request):
+    """A task message that is skipped once revoked, whether or not this worker heard the revoke.
+
+    Celery keeps revokes in each worker's memory, filled by the broadcast that `revoke()` sends: a worker
+    that was not running then (restarted, or started later: `--without-mingle`, so it asks no peer) would
+    run the task. The workers that hear the broadcast also write REVOKED to the result backend (Celery
+    5.6.2 and later), which this reads before a task runs.
+    """
+
+    def revoked(self):
+        if super().revoked():
+            return True
+        backend = self.task.backend
+        if isinstance(backend, RPCBackend):  # results are messages to the client: nothing to read back
+            return False
+        try:
+            if backend.get_state(self.id) != states.REVOKED:
+                return False
+        except Exception as error:  # the backend unreachable: run the task rather than lose it
+            log.warning("could not read the state of task %s: %s", self.id, error)
+            return False
+        worker_state.revoked.add(self.id)
+        return super().revoked()
+
+
 class _TranscribeTask(Task):
-    """The task's class: its calls are checked against the function's signature before it runs.
+    """The task's class: its messages are `_RevokeCheckedRequest`s, and its calls are checked against
+    the function's signature before it runs.
 
     Celery calls the function with whatever the message holds: a wrong number of arguments or an unknown
     keyword would be a TypeError with a traceback, logged as the worker's error. It is the client's.
     """
+
+    Request = _RevokeCheckedRequest
 
     def before_start(self, task_id, args, kwargs):
         signature = inspect.signature(self.run)
