@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from celery import Celery
 from nemo_stt.audio import decode_audio
 
 from .conftest import FIXTURES, OWN_TEXT_MAX_WER, free_port, wer
-from .recordings import as_wav, meeting
+from .recordings import RATE, UTTERANCES, as_wav, meeting
 
 RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"
 # Broker and result backend. With RabbitMQ, results go to Redis (RESULT_BACKEND), as in deployments that
@@ -339,3 +340,56 @@ def test_a_revoked_task_is_skipped_by_a_worker_started_after_the_revoke(redis_po
         assert_skipped(second, revoked, last)
     finally:
         second.stop()
+
+
+PAUSE = 1.6  # seconds of silence after each utterance of a meeting
+
+
+def meeting_text(seconds: float, fixture_texts: dict[str, str]) -> str:
+    """The words of the utterances that `meeting(seconds, PAUSE)` holds whole, in order (the last may be cut)."""
+    lengths = [len(decode_audio(FIXTURES / name, RATE)) / RATE for name in UTTERANCES]
+    texts, start, index = [], 0.0, 0
+    while start + lengths[index % len(UTTERANCES)] <= seconds:
+        texts.append(fixture_texts[UTTERANCES[index % len(UTTERANCES)]])
+        start += lengths[index % len(UTTERANCES)] + PAUSE
+        index += 1
+    return " ".join(texts)
+
+
+@pytest.fixture(scope="module")
+def meeting_file(shared_folder, fixture_texts):
+    """A 470-s meeting: 106 whole utterances and their pauses, which the VAD cuts into 107 segments."""
+    (shared_folder / "meeting.wav").write_bytes(as_wav(meeting(470, PAUSE)))
+    return "meeting.wav", meeting_text(470, fixture_texts)
+
+
+def assert_meeting_transcribed(task, expected: str) -> None:
+    result = task.get(timeout=300)
+    assert task.state == "SUCCESS"
+    # The demo model is small: most of the words are there, in order, and not many more.
+    words = result["text"].split()
+    missing = Counter(expected.split()) - Counter(words)
+    assert missing.total() <= 0.25 * len(expected.split()), missing.most_common(10)
+    assert wer(expected, result["text"]) <= 0.3
+    assert len(result["words"]) == len(words)
+
+
+def test_a_meeting_of_more_speech_segments_than_the_queue_size_succeeds(setup, meeting_file):
+    _, _, queue, client, _ = setup  # QUEUE_MAX_SIZE is 64
+    name, expected = meeting_file
+    assert_meeting_transcribed(send(client, queue, name, True), expected)
+
+
+def test_two_meetings_at_once_succeed_with_a_queue_size_of_eight(redis_port, shared_folder, meeting_file):
+    broker, backend = (url.format(port=redis_port) for url in BROKERS["redis"])
+    queue = f"stt-queue8-{uuid.uuid4().hex[:8]}"
+    worker = Worker(broker, queue, shared_folder, QUEUE_MAX_SIZE="8")  # two task slots, as CONCURRENCY=1 gives
+    try:
+        worker.wait_ready()
+        client = Celery("client", broker=broker, backend=backend)
+        name, expected = meeting_file
+        tasks = [send(client, queue, name, True) for _ in range(2)]
+        for task in tasks:
+            assert_meeting_transcribed(task, expected)
+    finally:
+        worker.stop()
