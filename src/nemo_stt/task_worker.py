@@ -6,15 +6,20 @@ the result with `AsyncResult.get()`. The audio is read from the shared folder; n
 
 Reliability: tasks are acknowledged after they finish (`acks_late`) and given back to the broker
 when the worker dies (`reject_on_worker_lost`), with a prefetch of one, so that a killed worker
-loses nothing; SIGTERM lets the running tasks finish first (Celery's warm shutdown).
+loses nothing; SIGTERM lets the running tasks finish first (Celery's warm shutdown). A revoked task
+that has not started is skipped, by a worker that did not hear the revoke too (`_RevokeCheckedRequest`).
 """
 
+import inspect
 import logging
 import os
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from celery import Celery
+from celery import Celery, Task, states
+from celery.backends.rpc import RPCBackend
+from celery.worker import state as worker_state
+from celery.worker.request import Request
 
 from . import results
 from .audio import AudioDecodeError
@@ -28,6 +33,87 @@ TASK_NAME = "transcribe_task"
 
 class TaskInputError(ValueError):
     """The task's arguments cannot be served (a path outside the shared folder, a missing file...)."""
+
+
+_TRUE_WORDS = frozenset({"true", "1", "yes"})
+_FALSE_WORDS = frozenset({"false", "0", "no"})
+
+
+def _shown(value) -> str:
+    """`value` as an error message quotes it: its repr, cut short (a client may send anything, of any size)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def metadata_flag(value) -> bool:
+    """`with_metadata` as a boolean: True/False, the ints 1/0, or true/false/1/0/yes/no in any case."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return value == 1
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in _TRUE_WORDS:
+            return True
+        if word in _FALSE_WORDS:
+            return False
+    raise TaskInputError("with_metadata must be a boolean (true or false; 1, 0, yes and no are accepted), "
+                         f"not {_shown(value)}")
+
+
+def task_language(value) -> str | None:
+    """`language` as the engine takes it: a string, or None (null or empty) for the default language."""
+    if value is None or isinstance(value, str):
+        return value or None
+    raise TaskInputError(f"language must be a string or null, not {_shown(value)}")
+
+
+class _RevokeCheckedRequest(Request):
+    """A task message that is skipped once revoked, whether or not this worker heard the revoke.
+
+    Celery keeps revokes in each worker's memory, filled by the broadcast that `revoke()` sends: a worker
+    that was not running then (restarted, or started later: `--without-mingle`, so it asks no peer) would
+    run the task. The workers that hear the broadcast also write REVOKED to the result backend (Celery
+    5.6.2 and later), which this reads before a task runs.
+    """
+
+    def revoked(self):
+        if super().revoked():
+            return True
+        backend = self.task.backend
+        if isinstance(backend, RPCBackend):  # results are messages to the client: nothing to read back
+            return False
+        try:
+            if backend.get_state(self.id) != states.REVOKED:
+                return False
+        except Exception as error:  # the backend unreachable: run the task rather than lose it
+            log.warning("could not read the state of task %s: %s", self.id, error)
+            return False
+        worker_state.revoked.add(self.id)
+        return super().revoked()
+
+
+class _TranscribeTask(Task):
+    """The task's class: its messages are `_RevokeCheckedRequest`s, and its calls are checked against
+    the function's signature before it runs.
+
+    Celery calls the function with whatever the message holds: a wrong number of arguments or an unknown
+    keyword would be a TypeError with a traceback, logged as the worker's error. It is the client's.
+    """
+
+    Request = _RevokeCheckedRequest
+
+    def before_start(self, task_id, args, kwargs):
+        signature = inspect.signature(self.run)
+        try:
+            signature.bind(*args, **kwargs)
+        except TypeError as error:
+            plain = signature.replace(parameters=[parameter.replace(annotation=inspect.Parameter.empty)
+                                                  for parameter in signature.parameters.values()],
+                                      return_annotation=inspect.Signature.empty)
+            keywords = f" and the keywords {_shown(sorted(kwargs))}" if kwargs else ""
+            raise TaskInputError(f"{self.name} takes {plain}; called with {len(args)} positional "
+                                 f"argument(s){keywords}: {error}") from None
 
 
 def broker_urls(settings: Settings) -> tuple[str, str]:
@@ -50,14 +136,20 @@ def resolve_audio_path(shared_folder: str, file_path: str) -> Path:
     """The file named by a task, which must lie inside the shared folder once links are resolved."""
     root = Path(shared_folder).resolve()
     if not isinstance(file_path, str) or not file_path:
-        raise TaskInputError("file_path must be a non-empty string")
+        raise TaskInputError(f"file_path must be a non-empty string, not {_shown(file_path)}")
+    if "\0" in file_path:  # no file name holds one; the system calls would raise a bare ValueError
+        raise TaskInputError(f"file_path must not contain a NUL byte: {_shown(file_path)}")
     candidate = Path(file_path)
     if not candidate.is_absolute():
         candidate = root / candidate
     resolved = candidate.resolve()
     if resolved != root and root not in resolved.parents:
         raise TaskInputError(f"{file_path} is outside the shared folder {root}")
-    if not resolved.is_file():
+    try:
+        is_file = resolved.is_file()
+    except OSError as error:  # a name too long, a component that is not a folder...
+        raise TaskInputError(f"{_shown(file_path)}: {error.strerror}") from None
+    if not is_file:
         raise TaskInputError(f"{file_path}: no such file in the shared folder {root}")
     return resolved
 
@@ -85,8 +177,10 @@ def create_celery(settings: Settings, engine=None) -> Celery:
         return state["engine"]
 
     # Input errors are the client's: report them as failures without a traceback in the log.
-    @app.task(name=TASK_NAME, bind=True, throws=(TaskInputError,))
+    @app.task(name=TASK_NAME, bind=True, base=_TranscribeTask, throws=(TaskInputError,))
     def transcribe_task(self, file_path: str, with_metadata: bool = True, language: str | None = None) -> dict:
+        with_metadata = metadata_flag(with_metadata)
+        language = task_language(language)
         path = resolve_audio_path(settings.SHARED_FOLDER, file_path)
 
         def progress(fraction: float) -> None:
@@ -94,10 +188,10 @@ def create_celery(settings: Settings, engine=None) -> Celery:
                 self.update_state(state="PROGRESS", meta={"progress": round(fraction, 3)})
 
         try:
-            transcript = get_engine().transcribe_source(path, language or None, progress=progress)
+            transcript = get_engine().transcribe_source(path, language, progress=progress)
         except AudioDecodeError as error:
             raise TaskInputError(f"{file_path}: {error}") from None
-        return results.to_json(transcript, with_metadata=bool(with_metadata))
+        return results.to_json(transcript, with_metadata=with_metadata)
 
     return app
 
