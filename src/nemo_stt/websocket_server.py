@@ -279,7 +279,10 @@ class _Sender:
 
 async def run(engine: Engine, settings: Settings) -> None:
     server = StreamingServer(engine, settings)
+    # No keepalive pings from the server: STREAMING_IDLE_TIMEOUT closes silent connections, and the pong of a
+    # client under back-pressure waits behind its own audio in the socket, so pings would close a client
+    # for sending fast.
     async with serve(server.handle, "0.0.0.0", settings.STREAMING_PORT, max_size=MAX_FRAME_BYTES,
-                     max_queue=MAX_QUEUED_FRAMES) as ws_server:
+                     max_queue=MAX_QUEUED_FRAMES, ping_interval=None) as ws_server:
         log.info("streaming on port %d", settings.STREAMING_PORT)
         await ws_server.serve_forever()
