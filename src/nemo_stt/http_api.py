@@ -1,4 +1,5 @@
-"""HTTP mode: POST /transcribe, GET /healthcheck and Swagger UI at /docs, as LinTO-STT-NeMo serves them."""
+"""HTTP mode: POST /transcribe, GET /healthcheck and Swagger UI at /docs, as LinTO-STT-NeMo serves them; OpenAI's
+speech-to-text API under /v1 (`openai_api`)."""
 
 import asyncio
 import logging
@@ -10,6 +11,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from . import results
@@ -177,13 +179,22 @@ def create_app(engine: Engine, max_upload_bytes: int, body_timeout: float = 30,
                body_min_rate: float = 10_000) -> FastAPI:
     """The app; `body_timeout` (s) and `body_min_rate` (bytes/s) bound the reading of bodies (see
     `BodyGuardMiddleware`)."""
+    from . import openai_api  # imports this module's shared pieces
+
     app = FastAPI(
         title="nemo-stt",
-        description="Speech-to-text with NeMo ASR models, compatible with LinTO-STT-NeMo.",
+        description="Speech-to-text with NeMo ASR models, compatible with LinTO-STT-NeMo, and OpenAI's "
+                    "speech-to-text API under /v1.",
         version=_version(),
     )
+
+    def error_content(path: str, status: int, detail: str) -> dict:
+        return openai_api.error_content(status, detail) if openai_api.serves(path) else {"detail": detail}
+
     app.add_middleware(BodyGuardMiddleware, max_bytes=max_upload_bytes, timeout=body_timeout,
-                       min_rate=body_min_rate)
+                       min_rate=body_min_rate, error_content=error_content)
+    app.add_exception_handler(StarletteHTTPException, openai_api.http_error_handler)
+    app.include_router(openai_api.router(engine, max_upload_bytes))
 
     @app.get("/healthcheck", response_class=PlainTextResponse, summary="1 when the model is loaded")
     async def healthcheck() -> str:
