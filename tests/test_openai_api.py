@@ -204,6 +204,14 @@ def test_an_unknown_model_id_is_404(server, client):
     assert_openai_error(httpx.get(f"{server.url}/v1/models/nvidia/parakeet-tdt-0.6b-v2"), 404, "model")
 
 
+def test_the_routes_and_the_form_are_in_the_openapi_schema(server):
+    paths = httpx.get(f"{server.url}/openapi.json").json()["paths"]
+    assert {"/v1/audio/transcriptions", "/v1/models", "/v1/models/{model}", "/transcribe"} <= set(paths)
+    form = paths["/v1/audio/transcriptions"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert form["required"] == ["file"] and form["properties"]["file"]["format"] == "binary"
+    assert form["properties"]["response_format"]["enum"] == ["json", "text", "srt", "verbose_json", "vtt"]
+
+
 # Errors ----------------------------------------------------------------------------------------------------
 
 def test_a_missing_file_is_422(server):

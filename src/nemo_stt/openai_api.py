@@ -99,18 +99,18 @@ class _Form:
 def router(engine: Engine, max_upload_bytes: int) -> APIRouter:
     api = APIRouter(prefix=PREFIX, tags=["OpenAI-compatible"])
     # created: when this server loaded the model, the closest honest figure for a model loaded from anywhere.
-    model = {"id": model_id(engine), "object": "model", "created": int(time.time()), "owned_by": _owner(engine)}
+    card = {"id": model_id(engine), "object": "model", "created": int(time.time()), "owned_by": _owner(engine)}
 
     @api.get("/models", summary="The loaded model, in OpenAI's list of models")
     async def list_models() -> dict:
-        return {"object": "list", "data": [model]}
+        return {"object": "list", "data": [card]}
 
-    @api.get("/models/{requested:path}", summary="The loaded model, when `requested` is its id; else 404")
-    async def retrieve_model(requested: str) -> dict:
-        if requested != model["id"]:
-            raise OpenAIError(404, f"The model '{requested}' does not exist; this server serves '{model['id']}'",
+    @api.get("/models/{model:path}", summary="The loaded model when `model` is its id; else 404")
+    async def retrieve_model(model: str) -> dict:
+        if model != card["id"]:
+            raise OpenAIError(404, f"The model '{model}' does not exist; this server serves '{card['id']}'",
                               param="model", code="model_not_found")
-        return model
+        return card
 
     @api.post(
         "/audio/transcriptions",
