@@ -1,11 +1,13 @@
 """OpenAI's speech-to-text API (/v1) end to end: the official `openai` SDK against `nemo-stt serve` on the
 demo model."""
 
+import io
 import itertools
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import av
 import httpx
 import numpy as np
 import openai
@@ -13,7 +15,7 @@ import pytest
 import srt
 import webvtt
 
-from nemo_stt.audio import decode_audio
+from nemo_stt.audio import AudioStream, decode_audio
 from nemo_stt.results import SEGMENT_MAX_PAUSE, SEGMENT_MAX_WORDS
 
 from .conftest import FIXTURES, OWN_TEXT_MAX_WER, ServerProcess, wer
@@ -114,6 +116,35 @@ def test_verbose_json_duration_is_the_audio_length_in_every_container(client):
                  "children_park.m4a"):
         verbose = transcribe(client, (FIXTURES / name).read_bytes(), name, response_format="verbose_json")
         assert verbose.duration == pytest.approx(len(decode_audio(FIXTURES / name, 16000)) / 16000, abs=0.02), name
+
+
+def test_verbose_json_duration_of_a_recording_whose_container_gives_none_is_counted(client):
+    # WebM written as a browser's MediaRecorder writes it, to a stream it cannot seek back in: no duration.
+    class Unseekable(io.RawIOBase):
+        def __init__(self):
+            self.data = bytearray()
+
+        def writable(self):
+            return True
+
+        def write(self, chunk):
+            self.data += chunk
+            return len(chunk)
+
+    audio = decode_audio(FIXTURES / "anna_bread.wav", 48000)
+    out = Unseekable()
+    with av.open(out, "w", format="webm") as container:
+        stream = container.add_stream("libopus", rate=48000, layout="mono")
+        frame = av.AudioFrame.from_ndarray(audio[None, :], format="flt", layout="mono")
+        frame.sample_rate = 48000
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    recorded = bytes(out.data)
+    with AudioStream(recorded, 16000) as header_only:
+        assert header_only.duration is None
+    verbose = transcribe(client, recorded, "recorded.webm", response_format="verbose_json")
+    assert verbose.duration == pytest.approx(len(decode_audio(recorded, 16000)) / 16000, abs=0.001)
+    assert verbose.duration > 2
 
 
 def test_word_granularity_gives_the_words_of_transcribe(server, client, recording):
