@@ -2,6 +2,7 @@
 
     python benchmarks/throughput.py                          # demo model
     python benchmarks/throughput.py --model build/bench-medium.nemo --architecture hybrid_bpe_ctc
+    python benchmarks/throughput.py --route transcribe --route openai    # both routes, slice by slice
 
 In one run: the raw model (preprocessor, encoder and decoding called directly, on length-sorted
 batches, in processes of their own) on the files at several batch sizes and thread layouts, keeping
@@ -16,7 +17,8 @@ per cent within a minute, so nothing is compared across minutes: the raw layouts
 turn (five times each, keeping the median), and each service configuration runs in slices of a few
 seconds, each between two measurements of the ceiling: the better of the two best layouts, each
 kept loaded in its process. A slice's ratio is against the mean of the ceilings around it, and a
-configuration's ratio is the median over its slices.
+configuration's ratio is the median over its slices. With several `--route`s, each configuration's
+server takes slices of each route in turn, so that the routes are compared minute by minute too.
 """
 
 import argparse
@@ -38,6 +40,13 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tools" / "demo_model"))
 sys.path.insert(0, str(REPO / "tests"))
+
+# The routes the clients can send their files to: path and form fields besides the file. Both answer JSON
+# (/transcribe with its words, OpenAI's `json` with the text alone).
+ROUTES = {
+    "transcribe": ("/transcribe", {}),
+    "openai": ("/v1/audio/transcriptions", {"model": "whisper-1"}),
+}
 
 
 def make_files(directory: Path, count: int, seed: int = 5) -> list[Path]:
@@ -169,9 +178,11 @@ class Service:
         self.durations = {p.name: wav_seconds(p) for p in paths}
         self.sent = 0
 
-    async def slice(self, rounds: int) -> tuple[float, float, list[float]]:
-        """Each client sends `rounds` requests, one after the other: (audio seconds, elapsed, latencies)."""
+    async def slice(self, rounds: int, route: str = "transcribe") -> tuple[float, float, list[float]]:
+        """Each client sends `rounds` requests to `route` (a key of ROUTES), one after the other: (audio
+        seconds, elapsed, latencies)."""
         latencies: list[float] = []
+        path, fields = ROUTES[route]
 
         async def client(index: int) -> float:
             audio = 0.0
@@ -179,8 +190,10 @@ class Service:
                 name, data = self.payloads[(index + (self.sent + round_index) * self.clients) % len(self.payloads)]
                 form = aiohttp.FormData()
                 form.add_field("file", data, filename=name)
+                for field, value in fields.items():
+                    form.add_field(field, value)
                 started = time.perf_counter()
-                async with session.post(f"{self.server.url}/transcribe", data=form) as response:
+                async with session.post(f"{self.server.url}{path}", data=form) as response:
                     response.raise_for_status()
                     await response.read()
                 latencies.append(time.perf_counter() - started)
@@ -200,34 +213,44 @@ class Service:
         self.server.stop()
 
 
-def measure_service(service: Service, ceiling: list[RawModel], slices: int, rounds: int, raw_repeats: int) -> dict:
+def measure_service(service: Service, ceiling: list[RawModel], slices: int, rounds: int, raw_repeats: int,
+                    routes: list[str]) -> dict[str, dict]:
     """Service slices alternating with slices of the raw model (the best of the `ceiling` layouts), so that
-    each service figure has a ceiling measured seconds before and after it."""
+    each service figure has a ceiling measured seconds before and after it; each of `slices` rounds has a
+    slice of each route. The figures of each route."""
 
     def measure_ceiling() -> float:
         return max(raw.measure(raw_repeats) for raw in ceiling)
 
-    async def run() -> dict:
-        await service.slice(2)  # warm-up: every client, every batch size
+    async def run() -> dict[str, dict]:
+        for route in routes:
+            await service.slice(2, route)  # warm-up: every client, every batch size
         ceilings = [measure_ceiling()]
-        audio = elapsed = 0.0
-        ratios, latencies = [], []
+        totals = {route: {"audio": 0.0, "elapsed": 0.0, "ratios": [], "latencies": [], "ceilings": []}
+                  for route in routes}
         for _ in range(slices):
-            slice_audio, slice_elapsed, slice_latencies = await service.slice(rounds)
-            ceilings.append(measure_ceiling())
-            ratios.append(slice_audio / slice_elapsed / ((ceilings[-2] + ceilings[-1]) / 2))
-            audio, elapsed = audio + slice_audio, elapsed + slice_elapsed
-            latencies += slice_latencies
-        latencies.sort()
-        return {
-            "audio_s_per_s": audio / elapsed,
-            "ratio": statistics.median(ratios),
-            "ratios": ratios,
-            "ceiling": statistics.median(ceilings),
-            "p50": statistics.median(latencies),
-            "p95": latencies[int(0.95 * (len(latencies) - 1))],
-            "requests": len(latencies),
-        }
+            for route in routes:
+                slice_audio, slice_elapsed, slice_latencies = await service.slice(rounds, route)
+                ceilings.append(measure_ceiling())
+                total = totals[route]
+                total["ratios"].append(slice_audio / slice_elapsed / ((ceilings[-2] + ceilings[-1]) / 2))
+                total["ceilings"] += ceilings[-2:]
+                total["audio"] += slice_audio
+                total["elapsed"] += slice_elapsed
+                total["latencies"] += slice_latencies
+        figures = {}
+        for route, total in totals.items():
+            latencies = sorted(total["latencies"])
+            figures[route] = {
+                "audio_s_per_s": total["audio"] / total["elapsed"],
+                "ratio": statistics.median(total["ratios"]),
+                "ratios": total["ratios"],
+                "ceiling": statistics.median(total["ceilings"]),
+                "p50": statistics.median(latencies),
+                "p95": latencies[int(0.95 * (len(latencies) - 1))],
+                "requests": len(latencies),
+            }
+        return figures
 
     return asyncio.run(run())
 
@@ -243,8 +266,12 @@ def main() -> None:
     parser.add_argument("--architecture", help="ARCHITECTURE for the raw model and the service")
     parser.add_argument("--only", action="append", metavar="TEXT",
                         help="run only the service configurations whose label contains TEXT (repeatable)")
+    parser.add_argument("--route", action="append", choices=list(ROUTES),
+                        help="where the clients send their files: transcribe (POST /transcribe, the default) or "
+                             "openai (POST /v1/audio/transcriptions); repeat it to compare routes")
     parser.add_argument("--raw-worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    routes = list(dict.fromkeys(args.route or ["transcribe"]))
     if args.raw_worker:
         raw_worker(json.loads(args.raw_worker))
         return
@@ -307,14 +334,16 @@ def main() -> None:
             for label, env in configs.items():
                 service = Service(args.model, args.architecture, paths, env, args.clients)
                 try:
-                    figures = measure_service(service, ceiling, args.slices, args.rounds, raw_repeats)
+                    by_route = measure_service(service, ceiling, args.slices, args.rounds, raw_repeats, routes)
                 finally:
                     service.stop()
-                print(f"service, {label}: {figures['audio_s_per_s']:7.1f} audio-s/s, "
-                      f"{figures['ratio']:.2f} x ceiling (median of "
-                      f"{', '.join(f'{r:.2f}' for r in figures['ratios'])}; ceiling {figures['ceiling']:.1f}), "
-                      f"p50 {figures['p50']:.2f} s, p95 {figures['p95']:.2f} s, {figures['requests']} requests",
-                      flush=True)
+                for route, figures in by_route.items():
+                    where = "" if routes == ["transcribe"] else f", POST {ROUTES[route][0]}"
+                    print(f"service, {label}{where}: {figures['audio_s_per_s']:7.1f} audio-s/s, "
+                          f"{figures['ratio']:.2f} x ceiling (median of "
+                          f"{', '.join(f'{r:.2f}' for r in figures['ratios'])}; ceiling {figures['ceiling']:.1f}), "
+                          f"p50 {figures['p50']:.2f} s, p95 {figures['p95']:.2f} s, {figures['requests']} requests",
+                          flush=True)
         finally:
             for raw in ceiling:
                 raw.close()

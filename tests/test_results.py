@@ -34,3 +34,19 @@ def test_an_empty_transcript():
     empty = Transcript(text="")
     assert results.to_json(empty)["confidence-score"] == 0.0
     assert results.to_srt(empty) == ""
+
+
+def test_segments_break_at_pauses_over_a_second_and_after_twelve_words():
+    # 14 words 0.25 s apart, a 1.25-s pause, 2 words, a pause of exactly 1 s, 1 word (times exact in binary).
+    times = [0.5 * i for i in range(14)] + [8.0, 8.5, 9.75]
+    words = tuple(Word(f"w{i}", t, t + 0.25, 0.9) for i, t in enumerate(times))
+    groups = results.segments(Transcript(text=" ".join(w.word for w in words), words=words))
+    assert [len(g.words) for g in groups] == [12, 2, 3]
+    assert (groups[1].start, groups[1].end, groups[1].text) == (6.0, 6.75, "w12 w13")
+    assert groups[2].text == "w14 w15 w16"  # a pause of 1 s is not longer than SEGMENT_MAX_PAUSE
+
+
+def test_subtitle_cues_are_the_segments():
+    groups = results.segments(TRANSCRIPT)
+    assert [(g.start, g.end, g.text) for g in groups] == [(0.0, 0.8, "hello there"), (3.0, 4.25, "general kenobi")]
+    assert results.segments(Transcript(text="")) == []

@@ -1,15 +1,17 @@
-"""HTTP mode: POST /transcribe, GET /healthcheck and Swagger UI at /docs, as LinTO-STT-NeMo serves them."""
+"""HTTP mode: POST /transcribe, GET /healthcheck and Swagger UI at /docs, as LinTO-STT-NeMo serves them; OpenAI's
+speech-to-text API under /v1 (`openai_api`)."""
 
 import asyncio
 import logging
 import math
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from . import results
@@ -66,20 +68,25 @@ class BodyGuardMiddleware:
       no such limit (its keep-alive timeout only runs between requests), so a connection would otherwise be
       held for ever.
     - A client that leaves during its upload ends the request with one INFO line, not an error.
+
+    `error_content(path, status, detail)` gives the JSON of its answers, so that each API answers in its
+    own error shape; by default FastAPI's `{"detail"}`.
     """
 
-    def __init__(self, app, max_bytes: int, timeout: float = 30, min_rate: float = 10_000):
+    def __init__(self, app, max_bytes: int, timeout: float = 30, min_rate: float = 10_000,
+                 error_content: Callable[[str, int, str], dict] | None = None):
         self.app = app
         self.max_bytes = max_bytes
         self.timeout = timeout
         self.min_rate = min_rate
+        self.error_content = error_content or (lambda path, status, detail: {"detail": detail})
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._answer(send, *self._too_large())
+            return await self._answer(scope, send, *self._too_large())
         body = _BodyReader(self, receive, declared)
         replaced = False
 
@@ -91,13 +98,13 @@ class BodyGuardMiddleware:
                 return await send(message)
             if not replaced and message["type"] == "http.response.start":
                 replaced = True
-                await self._answer(send, *body.failure)
+                await self._answer(scope, send, *body.failure)
 
         try:
             await self.app(scope, body.receive, guarded_send)
         except _BodyFailed:
             if not replaced:
-                await self._answer(send, *body.failure)
+                await self._answer(scope, send, *body.failure)
         except ClientDisconnect:
             log.info("client left during its upload (%d of %s bytes received): nothing transcribed",
                      body.received, declared.decode() if declared is not None else "?")
@@ -107,9 +114,9 @@ class BodyGuardMiddleware:
     def _too_large(self) -> tuple[int, str, dict]:
         return 413, f"the upload is larger than the limit of {self.max_bytes / 1e6:g} MB", {}
 
-    @staticmethod
-    async def _answer(send, status: int, detail: str, headers: dict) -> None:
-        await JSONResponse({"detail": detail}, status, headers=headers)({"type": "http"}, None, send)
+    async def _answer(self, scope, send, status: int, detail: str, headers: dict) -> None:
+        content = self.error_content(scope.get("path", ""), status, detail)
+        await JSONResponse(content, status, headers=headers)({"type": "http"}, None, send)
 
 
 class _BodyReader:
@@ -172,13 +179,22 @@ def create_app(engine: Engine, max_upload_bytes: int, body_timeout: float = 30,
                body_min_rate: float = 10_000) -> FastAPI:
     """The app; `body_timeout` (s) and `body_min_rate` (bytes/s) bound the reading of bodies (see
     `BodyGuardMiddleware`)."""
+    from . import openai_api  # imports this module's shared pieces
+
     app = FastAPI(
         title="nemo-stt",
-        description="Speech-to-text with NeMo ASR models, compatible with LinTO-STT-NeMo.",
+        description="Speech-to-text with NeMo ASR models, compatible with LinTO-STT-NeMo, and OpenAI's "
+                    "speech-to-text API under /v1.",
         version=_version(),
     )
+
+    def error_content(path: str, status: int, detail: str) -> dict:
+        return openai_api.error_content(status, detail) if openai_api.serves(path) else {"detail": detail}
+
     app.add_middleware(BodyGuardMiddleware, max_bytes=max_upload_bytes, timeout=body_timeout,
-                       min_rate=body_min_rate)
+                       min_rate=body_min_rate, error_content=error_content)
+    app.add_exception_handler(StarletteHTTPException, openai_api.http_error_handler)
+    app.include_router(openai_api.router(engine, max_upload_bytes))
 
     @app.get("/healthcheck", response_class=PlainTextResponse, summary="1 when the model is loaded")
     async def healthcheck() -> str:
@@ -208,27 +224,33 @@ def create_app(engine: Engine, max_upload_bytes: int, body_timeout: float = 30,
         # which a batch waits for its last uploads. The documented body is in `_TRANSCRIBE_BODY`.
         async with request.form() as form:
             file, language = _form_fields(form)
-            if file.size is not None and file.size > max_upload_bytes:
-                raise HTTPException(413, f"the upload is larger than the limit of {max_upload_bytes / 1e6:g} MB")
-            if file.size == 0:
-                raise HTTPException(415, f"{file.filename or 'file'}: the file is empty")
-            try:
-                # The upload is spooled to disk by the form parser; decoding reads it incrementally.
-                transcript = await _unless_client_leaves(engine.transcribe_source_async(file.file, language),
-                                                         request.receive)
-            except _ClientLeft:
-                raise
-            except AudioDecodeError as error:
-                raise HTTPException(415, f"{file.filename or 'file'}: {error}") from None
-            except QueueFull as full:
-                raise HTTPException(503, str(full),
-                                    headers={"Retry-After": str(int(full.retry_after + 0.5))}) from None
-            except Exception:
-                log.exception("transcription failed")
-                raise HTTPException(500, "transcription failed; see the server log") from None
+            transcript = await transcribe_upload(engine, request, file, language, max_upload_bytes)
         return render(transcript, output)
 
     return app
+
+
+async def transcribe_upload(engine: Engine, request: Request, file: UploadFile, language: str | None,
+                            max_upload_bytes: int) -> results.Transcript:
+    """The transcript of an uploaded file, for every route that takes one: HTTPException 413 (too large),
+    415 (empty, or not audio), 503 with Retry-After (the queue is full) or 500; _ClientLeft, which the body
+    guard ends quietly, when the client disconnects before its transcript is ready."""
+    if file.size is not None and file.size > max_upload_bytes:
+        raise HTTPException(413, f"the upload is larger than the limit of {max_upload_bytes / 1e6:g} MB")
+    if file.size == 0:
+        raise HTTPException(415, f"{file.filename or 'file'}: the file is empty")
+    try:
+        # The upload is spooled to disk by the form parser; decoding reads it incrementally.
+        return await _unless_client_leaves(engine.transcribe_source_async(file.file, language), request.receive)
+    except _ClientLeft:
+        raise
+    except AudioDecodeError as error:
+        raise HTTPException(415, f"{file.filename or 'file'}: {error}") from None
+    except QueueFull as full:
+        raise HTTPException(503, str(full), headers={"Retry-After": str(int(full.retry_after + 0.5))}) from None
+    except Exception:
+        log.exception("transcription failed")
+        raise HTTPException(500, "transcription failed; see the server log") from None
 
 
 T = TypeVar("T")

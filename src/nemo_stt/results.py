@@ -45,18 +45,45 @@ def to_text(transcript: Transcript) -> str:
     return transcript.text
 
 
-def _cues(transcript: Transcript, max_words: int = 12, max_gap: float = 1.0) -> list[tuple[float, float, str]]:
-    """Group words into subtitle cues: break on long pauses or after max_words."""
-    cues: list[tuple[float, float, str]] = []
+# Subtitle cues and OpenAI's verbose_json segments are the same groups of words: a pause longer than
+# SEGMENT_MAX_PAUSE seconds starts a new one (a new sentence, another speaker), and a segment holds at most
+# SEGMENT_MAX_WORDS words (about two lines of subtitle).
+SEGMENT_MAX_WORDS = 12
+SEGMENT_MAX_PAUSE = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """Consecutive words shown together: one subtitle cue, one segment of OpenAI's verbose_json."""
+
+    words: tuple[Word, ...]
+
+    @property
+    def start(self) -> float:
+        return self.words[0].start
+
+    @property
+    def end(self) -> float:
+        return self.words[-1].end
+
+    @property
+    def text(self) -> str:
+        return " ".join(w.word for w in self.words)
+
+
+def segments(transcript: Transcript) -> list[Segment]:
+    """The transcript's words in segments: a break at each pause over SEGMENT_MAX_PAUSE s and after
+    SEGMENT_MAX_WORDS words. The one place that groups words, for every format that shows groups."""
+    groups: list[Segment] = []
     current: list[Word] = []
     for word in transcript.words:
-        if current and (len(current) >= max_words or word.start - current[-1].end > max_gap):
-            cues.append((current[0].start, current[-1].end, " ".join(w.word for w in current)))
+        if current and (len(current) >= SEGMENT_MAX_WORDS or word.start - current[-1].end > SEGMENT_MAX_PAUSE):
+            groups.append(Segment(tuple(current)))
             current = []
         current.append(word)
     if current:
-        cues.append((current[0].start, current[-1].end, " ".join(w.word for w in current)))
-    return cues
+        groups.append(Segment(tuple(current)))
+    return groups
 
 
 def _timestamp(seconds: float, separator: str) -> str:
@@ -69,12 +96,13 @@ def _timestamp(seconds: float, separator: str) -> str:
 
 def to_srt(transcript: Transcript) -> str:
     blocks = [
-        f"{index}\n{_timestamp(start, ',')} --> {_timestamp(end, ',')}\n{text}\n"
-        for index, (start, end, text) in enumerate(_cues(transcript), start=1)
+        f"{index}\n{_timestamp(cue.start, ',')} --> {_timestamp(cue.end, ',')}\n{cue.text}\n"
+        for index, cue in enumerate(segments(transcript), start=1)
     ]
     return "\n".join(blocks)
 
 
 def to_vtt(transcript: Transcript) -> str:
-    blocks = [f"{_timestamp(s, '.')} --> {_timestamp(e, '.')}\n{text}\n" for s, e, text in _cues(transcript)]
+    blocks = [f"{_timestamp(cue.start, '.')} --> {_timestamp(cue.end, '.')}\n{cue.text}\n"
+              for cue in segments(transcript)]
     return "WEBVTT\n\n" + "\n".join(blocks)

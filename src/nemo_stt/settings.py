@@ -82,7 +82,7 @@ class Settings(BaseSettings):
     HTTP_PORT: int = Field(default=80, ge=1, le=65535)
     """Port of the HTTP mode."""
     MAX_UPLOAD_MB: float = Field(default=500, gt=0)
-    """Largest accepted upload to /transcribe, in MB; larger ones get 413."""
+    """Largest accepted upload to /transcribe and /v1/audio/transcriptions, in MB; larger ones get 413."""
     HTTP_BODY_TIMEOUT: float = Field(default=30, gt=0)
     """Seconds a request body may go without any data before the request gets 408 and its connection is
     closed; also the grace period of HTTP_BODY_MIN_RATE."""
