@@ -287,8 +287,9 @@ async def partial_latencies(url: str, audio: np.ndarray, start_delay: float = 0.
 
         reader = asyncio.create_task(read())
         for offset in range(0, len(pcm), step):
-            await ws.send(pcm[offset:offset + step])
+            # As a microphone would: a frame goes out once its audio has been spoken.
             await asyncio.sleep(max(0.0, started + (offset + step) / 32000 - time.monotonic()))
+            await ws.send(pcm[offset:offset + step])
         await ws.send(json.dumps({"eof": 1}))
         await asyncio.wait_for(reader, 60)
     return latencies
