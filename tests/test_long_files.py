@@ -85,6 +85,7 @@ def test_a_long_file_has_every_word_once_in_order_at_its_time(utterances):
     assert len(audio) / RATE > 50  # several seams: about eight windows of 7 s
     assert_words_where_placed(transcript, placed)
     assert transcript.text == " ".join(word.word for word in transcript.words)
+    assert transcript.duration == pytest.approx(len(audio) / RATE)
     assert progress == sorted(progress) and progress[-1] == 1.0 and len(progress) > 5
     engine.close()
 

@@ -115,7 +115,7 @@ def test_verbose_json_duration_is_the_audio_length_in_every_container(client):
     for name in ("pilot_train.wav", "old_house.flac", "red_car.mp3", "doctor_letter.ogg", "teacher_book.webm",
                  "children_park.m4a"):
         verbose = transcribe(client, (FIXTURES / name).read_bytes(), name, response_format="verbose_json")
-        assert verbose.duration == pytest.approx(len(decode_audio(FIXTURES / name, 16000)) / 16000, abs=0.02), name
+        assert verbose.duration == pytest.approx(len(decode_audio(FIXTURES / name, 16000)) / 16000, abs=0.001), name
 
 
 def test_verbose_json_duration_of_a_recording_whose_container_gives_none_is_counted(client):

@@ -6,7 +6,6 @@ A thin adapter: it reads OpenAI's form, transcribes the upload as /transcribe do
 answer in OpenAI's formats. Subtitles and verbose_json segments are `results.segments`, as on /transcribe.
 """
 
-import asyncio
 import json
 import math
 import time
@@ -21,7 +20,6 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import results
-from .audio import AudioStream
 from .engine import Engine, demo_model_path
 from .http_api import render, transcribe_upload
 
@@ -135,15 +133,12 @@ def router(engine: Engine, max_upload_bytes: int) -> APIRouter:
         async with request.form() as form:
             fields = _read_form(form)
             transcript = await transcribe_upload(engine, request, fields.file, fields.language, max_upload_bytes)
-            duration = None
-            if fields.response_format == "verbose_json":
-                duration = await asyncio.to_thread(_duration, fields.file.file, engine.sample_rate)
         if fields.stream:
             return _events(transcript)
         if fields.response_format == "json":
             return JSONResponse({"text": transcript.text})
         if fields.response_format == "verbose_json":
-            return JSONResponse(_verbose(transcript, duration, fields.granularities))
+            return JSONResponse(_verbose(transcript, fields.granularities))
         return render(transcript, fields.response_format)
 
     return api
@@ -194,19 +189,9 @@ def _read_form(form) -> _Form:
                  granularities=frozenset(granularities or ["segment"]), stream=streamed)
 
 
-def _duration(upload, sample_rate: int) -> float:
-    """The seconds of audio in `upload`: the container's own figure, read from its header without decoding;
-    decoded and counted only for a container that gives none."""
-    upload.seek(0)
-    with AudioStream(upload, sample_rate) as stream:
-        if stream.duration is not None:
-            return stream.duration
-        return sum(len(block) for block in stream) / sample_rate
-
-
-def _verbose(transcript: results.Transcript, duration: float, granularities: frozenset[str]) -> dict:
+def _verbose(transcript: results.Transcript, granularities: frozenset[str]) -> dict:
     """OpenAI's verbose_json; `segments` and `words` as `timestamp_granularities` ask (segments by default)."""
-    body = {"task": "transcribe", "language": transcript.language, "duration": round(duration, 3),
+    body = {"task": "transcribe", "language": transcript.language, "duration": round(transcript.duration or 0.0, 3),
             "text": transcript.text}
     if "segment" in granularities:
         body["segments"] = [_segment(index, segment) for index, segment in enumerate(results.segments(transcript))]

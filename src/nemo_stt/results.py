@@ -18,6 +18,8 @@ class Transcript:
     text: str
     words: tuple[Word, ...] = field(default_factory=tuple)
     language: str | None = None
+    duration: float | None = None
+    """Seconds of audio transcribed (all of it, speech or not), as decoded."""
 
     @property
     def confidence(self) -> float:

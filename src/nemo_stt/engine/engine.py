@@ -133,7 +133,7 @@ class Engine:
         """Transcribe mono float32 audio at `sample_rate` (VAD applied), blocking the calling thread
         (waiting for admission when the engine is full)."""
         with self.admission.enter():
-            return self._collect(self._submit_piece(audio, 0.0), language)
+            return self._collect(self._submit_piece(audio, 0.0), language, len(audio) / self.sample_rate)
 
     def submit_raw(self, audio: np.ndarray) -> Future:
         """One forward of `audio` through the batcher, without VAD; a request of its own, so QueueFull
@@ -160,7 +160,7 @@ class Engine:
         with self.admission.enter(), AudioStream(source, self.sample_rate) as stream:
             head, rest = self._read_head(stream)
             if rest is None:
-                transcript = self._collect(self._submit_piece(head, 0.0), language)
+                transcript = self._collect(self._submit_piece(head, 0.0), language, len(head) / self.sample_rate)
                 if progress:
                     progress(1.0)
                 return transcript
@@ -209,7 +209,7 @@ class Engine:
         finally:
             for _, future in pieces:
                 future.cancel()
-        return self._assemble([offset for offset, _ in pieces], outputs, language)
+        return self._assemble([offset for offset, _ in pieces], outputs, language, len(head) / self.sample_rate)
 
     def _prepare(self, source: AudioSource):
         """The work before the queue in one call (each hop between threads costs the event loop): open
@@ -238,13 +238,21 @@ class Engine:
 
     def _transcribe_windows(self, blocks, duration: float | None, language: str | None,
                             progress: Progress | None, cancelled: threading.Event | None = None) -> Transcript:
-        windows = iter_windows(blocks, self.sample_rate, self.config.long_file_chunk, self.config.long_file_context)
+        decoded = [0]  # samples
+
+        def counted():
+            for block in blocks:
+                decoded[0] += len(block)
+                yield block
+
+        windows = iter_windows(counted(), self.sample_rate, self.config.long_file_chunk,
+                               self.config.long_file_context)
         in_flight: deque = deque()
         words: list[Word] = []
 
         def finish_oldest() -> None:
             window, pieces = in_flight.popleft()
-            transcript = self._collect(pieces, None)
+            transcript = self._collect(pieces, None, None)
             words.extend(owned_words(window, transcript.words))
             if progress:
                 done = window.core_end if window.core_end != float("inf") else (duration or window.core_end)
@@ -267,7 +275,8 @@ class Engine:
         if progress:
             progress(1.0)
         text = " ".join(word.word for word in words)
-        return Transcript(text=text, words=tuple(words), language=language or self.language)
+        return Transcript(text=text, words=tuple(words), language=language or self.language,
+                          duration=decoded[0] / self.sample_rate)
 
     # Pieces: the parts of one audio that go to the batcher (the VAD's speech segments, or all of it) ----
 
@@ -286,20 +295,22 @@ class Engine:
         rate = self.sample_rate
         return [(offset + start, self.batcher.submit(audio[int(start * rate):int(end * rate)])) for start, end in spans]
 
-    def _collect(self, pieces: list[tuple[float, Future]], language: str | None) -> Transcript:
+    def _collect(self, pieces: list[tuple[float, Future]], language: str | None,
+                 duration: float | None) -> Transcript:
         try:
             outputs = [future.result() for _, future in pieces]
         finally:
             for _, future in pieces:
                 future.cancel()
-        return self._assemble([offset for offset, _ in pieces], outputs, language)
+        return self._assemble([offset for offset, _ in pieces], outputs, language, duration)
 
-    def _assemble(self, offsets: list[float], outputs: list[Transcript], language: str | None) -> Transcript:
+    def _assemble(self, offsets: list[float], outputs: list[Transcript], language: str | None,
+                  duration: float | None) -> Transcript:
         """One transcript from the pieces' transcripts, word times shifted to the audio the caller gave."""
         words = [Word(w.word, w.start + offset, w.end + offset, w.conf)
                  for offset, output in zip(offsets, outputs, strict=True) for w in output.words]
         text = " ".join(output.text for output in outputs if output.text)
-        return Transcript(text=text, words=tuple(words), language=language or self.language)
+        return Transcript(text=text, words=tuple(words), language=language or self.language, duration=duration)
 
     # Streaming ----------------------------------------------------------------------------------------
 
