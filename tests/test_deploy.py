@@ -1,7 +1,8 @@
-"""The images' files: the Dockerfiles, the containers' entry point and health check.
+"""The deployment files: Dockerfiles, the containers' entry point and health check, compose files.
 
-No image is built: the Dockerfiles are linted (hadolint) and checked for how they install the project, and the
-entry point and the health check run here against fakes.
+No image is built: the Dockerfiles are linted (hadolint), the entry point and the health check run here
+against fakes, and the compose files are checked against the Compose Specification's schema; every variable
+they set must be a setting of the service.
 
 The entry point and the task-mode health check run in Linux namespaces of their own (mount, network, PID), as
 root: the users they create, the folders they make and the processes they look for stay out of this machine.
@@ -21,16 +22,32 @@ import threading
 from fnmatch import fnmatch
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import jsonschema
 import pytest
+import yaml
+from pydantic import AliasChoices
 
 from nemo_stt.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
+SCHEMAS = Path(__file__).parent / "schemas"
 DOCKERFILES = [DOCKER / "Dockerfile", DOCKER / "Dockerfile.gpu"]
+COMPOSE_FILES = sorted(DOCKER.glob("compose.*.yaml"))
 
 
+def _setting_names() -> frozenset[str]:
+    names = set()
+    for name, field in Settings.model_fields.items():
+        names.add(name)
+        if isinstance(field.validation_alias, AliasChoices):
+            names.update(choice for choice in field.validation_alias.choices if isinstance(choice, str))
+    return frozenset(names)
+
+
+SETTING_NAMES = _setting_names()
 
 
 def tool(name: str) -> str:
@@ -618,3 +635,66 @@ def test_healthcheck_task(namespaces, shared_tmp, worker, broker_port, expected,
     result = in_namespaces(script, {"PATH": os.environ["PATH"]}, shared_tmp)
     assert f"rc={expected}" in result.stdout, result.stdout + result.stderr
     assert message in result.stdout + result.stderr
+
+
+# ---------------------------------------------------------------------------------------------------- compose
+
+
+@functools.cache
+def compose_schema():
+    return json.loads((SCHEMAS / "compose-spec.json").read_text())
+
+
+def nemo_stt_services(compose: dict) -> dict[str, dict]:
+    return {name: service for name, service in compose["services"].items()
+            if str(service.get("image", "")).startswith("nemo-stt")}
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda path: path.name)
+def test_compose_file_follows_the_compose_specification(path):
+    compose = yaml.safe_load(path.read_text())
+    jsonschema.Draft202012Validator(compose_schema()).validate(compose)
+    # The schema refuses what Compose would: a misspelt key.
+    broken = json.loads(json.dumps(compose))
+    next(iter(broken["services"].values()))["enviroment"] = {}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft202012Validator(compose_schema()).validate(broken)
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda path: path.name)
+def test_compose_services_follow_the_images_conventions(path):
+    compose = yaml.safe_load(path.read_text())
+    services = nemo_stt_services(compose)
+    assert services
+    for name, service in services.items():
+        environment = service["environment"]
+        assert set(environment) <= SETTING_NAMES, f"{name}: {set(environment) - SETTING_NAMES}"
+        Settings(**{key: value for key, value in environment.items() if "${" not in str(value)})
+        build = service["build"]
+        assert (path.parent / build["context"]).resolve() == ROOT
+        assert (ROOT / build["dockerfile"]).is_file()
+        mounts = {volume.split(":")[1]: volume.split(":")[0] for volume in service["volumes"]}
+        assert mounts["/var/www/.cache"] in compose["volumes"], "the cache is a named volume"
+        assert "/opt/models" in mounts
+        mode = environment["SERVICE_MODE"]
+        port = {"http": "HTTP_PORT", "websocket": "STREAMING_PORT"}.get(mode)
+        if port:
+            container_port = str(environment.get(port, Settings.model_fields[port].default))
+            assert [mapping.split(":")[-1] for mapping in service["ports"]] == [container_port]
+        else:
+            assert "ports" not in service
+            assert mounts[environment["SHARED_FOLDER"]].endswith("audio")
+
+
+def test_compose_task_scales_out_on_one_queue():
+    compose = yaml.safe_load((DOCKER / "compose.task.yaml").read_text())
+    workers = nemo_stt_services(compose)
+    assert len(workers) >= 2
+    assert {w["environment"]["SERVICE_MODE"] for w in workers.values()} == {"task"}
+    assert len({w["environment"]["SERVICE_NAME"] for w in workers.values()}) == 1
+    for worker in workers.values():
+        broker = urlsplit(worker["environment"]["SERVICES_BROKER"])
+        assert broker.scheme == "redis"
+        assert compose["services"][broker.hostname]["image"].startswith("redis:")
+        assert worker["depends_on"][broker.hostname]["condition"] == "service_healthy"
+    assert "healthcheck" in compose["services"]["redis"]
