@@ -1,7 +1,8 @@
-"""The deployment files: Dockerfiles, the containers' entry point and health check, compose files.
+"""The deployment files: Dockerfiles, the containers' entry point and health check, compose files, Kubernetes.
 
-No image is built: the Dockerfiles are linted (hadolint), the entry point and the health check run here
-against fakes, and the compose files are checked against the Compose Specification's schema; every variable
+No image is built and no cluster is reached: the Dockerfiles are linted (hadolint), the entry point and the
+health check run here against fakes, the compose files are checked against the Compose Specification's schema
+and the Kubernetes manifests, rendered by kustomize, against Kubernetes' and KEDA's schemas; every variable
 they set must be a setting of the service.
 
 The entry point and the task-mode health check run in Linux namespaces of their own (mount, network, PID), as
@@ -33,6 +34,7 @@ from nemo_stt.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
+KUBERNETES = ROOT / "deploy" / "kubernetes"
 SCHEMAS = Path(__file__).parent / "schemas"
 DOCKERFILES = [DOCKER / "Dockerfile", DOCKER / "Dockerfile.gpu"]
 COMPOSE_FILES = sorted(DOCKER.glob("compose.*.yaml"))
@@ -698,3 +700,217 @@ def test_compose_task_scales_out_on_one_queue():
         assert compose["services"][broker.hostname]["image"].startswith("redis:")
         assert worker["depends_on"][broker.hostname]["condition"] == "service_healthy"
     assert "healthcheck" in compose["services"]["redis"]
+
+
+# ------------------------------------------------------------------------------------------------- Kubernetes
+
+KUBERNETES_VERSIONS = ["1.29", "1.37"]
+
+
+def kustomizations() -> list[Path]:
+    found = []
+    for path in sorted(KUBERNETES.rglob("kustomization.yaml")):
+        if yaml.safe_load(path.read_text())["kind"] == "Kustomization":
+            found.append(path.parent)
+    return found
+
+
+KUSTOMIZATIONS = kustomizations()
+
+
+def _label(path: Path) -> str:
+    return str(path.relative_to(KUBERNETES))
+
+
+@functools.cache
+def render(directory: Path) -> tuple[dict, ...]:
+    """The manifests `kubectl apply -k` would apply, rendered by kubectl's kustomize."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl, which renders kustomizations, is not installed (the files alone are checked below)")
+    result = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
+
+
+@functools.cache
+def keda_schema(kind: str) -> dict:
+    return json.loads((SCHEMAS / f"keda-{kind.lower()}-v1alpha1.json").read_text())
+
+
+def validate_manifest(doc: dict) -> None:
+    import kubernetes_validate
+
+    if doc["apiVersion"].startswith("keda.sh/"):
+        jsonschema.Draft202012Validator(keda_schema(doc["kind"])).validate(doc)
+        return
+    for version in KUBERNETES_VERSIONS:
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+def _of_kind(docs, kind: str) -> list[dict]:
+    return [doc for doc in docs if doc["kind"] == kind]
+
+
+def container_env(docs, deployment: dict) -> dict[str, object]:
+    """The container's variables: those of its ConfigMaps (envFrom), then its own env, which win."""
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    config_maps = {doc["metadata"]["name"]: doc.get("data", {}) for doc in _of_kind(docs, "ConfigMap")}
+    env: dict[str, object] = {}
+    for source in container.get("envFrom", []):
+        env.update(config_maps[source["configMapRef"]["name"]])
+    for variable in container.get("env", []):
+        env[variable["name"]] = variable.get("value", variable.get("valueFrom"))
+    return env
+
+
+@pytest.mark.parametrize("directory", KUSTOMIZATIONS, ids=_label)
+def test_kubernetes_rendering_validates(directory):
+    docs = render(directory)
+    assert docs
+    for doc in docs:
+        validate_manifest(doc)
+
+
+def test_kubernetes_validation_refuses_mistakes():
+    import kubernetes_validate
+
+    deployment = json.loads(json.dumps(_of_kind(render(KUBERNETES / "base" / "http"), "Deployment")[0]))
+    deployment["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {"httpGet": {"path": "/healthcheck"}}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate_manifest(deployment)  # no port
+    scaled = json.loads(json.dumps(_of_kind(render(KUBERNETES / "overlays" / "task-redis"), "ScaledObject")[0]))
+    scaled["spec"]["triggers"][0]["metadata"]["listLength"] = 4
+    with pytest.raises(jsonschema.ValidationError):
+        validate_manifest(scaled)  # metadata values are strings
+    scaled["spec"]["triggers"][0]["metadata"]["listLength"] = "4"
+    validate_manifest(scaled)
+    del scaled["spec"]["triggers"][0]["metadata"]["listName"]
+    with pytest.raises(jsonschema.ValidationError):
+        validate_manifest(scaled)  # the redis scaler needs its list
+
+
+def test_kubernetes_files_validate_alone():
+    """Every complete resource file of the kustomizations, without kustomize."""
+    checked = 0
+    for directory in KUSTOMIZATIONS:
+        kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+        for resource in kustomization.get("resources", []):
+            path = directory / resource
+            if path.is_file():
+                for doc in yaml.safe_load_all(path.read_text()):
+                    validate_manifest(doc)
+                    checked += 1
+    assert checked >= 9
+
+
+@pytest.mark.parametrize("directory", KUSTOMIZATIONS, ids=_label)
+def test_kubernetes_variables_are_settings(directory):
+    docs = render(directory)
+    for deployment in _of_kind(docs, "Deployment"):
+        env = container_env(docs, deployment)
+        assert set(env) <= SETTING_NAMES, f"{deployment['metadata']['name']}: {set(env) - SETTING_NAMES}"
+        Settings(**{name: value for name, value in env.items() if isinstance(value, str)})
+
+
+@pytest.mark.parametrize("directory", KUSTOMIZATIONS, ids=_label)
+def test_kubernetes_pods_follow_the_images_conventions(directory):
+    docs = render(directory)
+    for deployment in _of_kind(docs, "Deployment"):
+        pod = deployment["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        env = container_env(docs, deployment)
+        assert pod["securityContext"]["runAsUser"] == 33  # www-data: the cache below is its own
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert {m["mountPath"] for m in container["volumeMounts"]} >= {"/var/www/.cache"}
+        assert container["args"] == ["serve"]
+        # torch would take the node's cores, not the pod's: NUM_THREADS follows the CPU request.
+        assert env["NUM_THREADS"] == str(container["resources"]["requests"]["cpu"])
+        if env["SERVICE_MODE"] == "task":
+            mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+            assert mounts[env["SHARED_FOLDER"]]["readOnly"] is True
+
+
+def _port(container: dict, name_or_number) -> int:
+    if isinstance(name_or_number, int):
+        return name_or_number
+    return next(p["containerPort"] for p in container["ports"] if p["name"] == name_or_number)
+
+
+@pytest.mark.parametrize("directory", [d for d in KUSTOMIZATIONS if d.name.startswith(("http", "websocket"))],
+                         ids=_label)
+def test_kubernetes_probes_use_the_routes_that_exist(directory):
+    docs = render(directory)
+    (deployment,) = _of_kind(docs, "Deployment")
+    (service,) = _of_kind(docs, "Service")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    env = container_env(docs, deployment)
+    port = int(env["HTTP_PORT" if env["SERVICE_MODE"] == "http" else "STREAMING_PORT"])
+    assert [p["containerPort"] for p in container["ports"]] == [port]
+    assert _port(container, service["spec"]["ports"][0]["targetPort"]) == port
+    assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert probe in container, probe
+    if env["SERVICE_MODE"] == "http":
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            check = container[probe]["httpGet"]
+            assert check["path"] == "/healthcheck"
+            assert _port(container, check["port"]) == port
+    else:
+        for probe in ("startupProbe", "readinessProbe"):
+            assert _port(container, container[probe]["tcpSocket"]["port"]) == port
+        assert container["livenessProbe"]["exec"]["command"] == ["nemo-stt-healthcheck"]
+
+
+TASK_OVERLAYS = [d for d in KUSTOMIZATIONS if d.name.startswith("task-")]
+
+
+@pytest.mark.parametrize("directory", TASK_OVERLAYS, ids=_label)
+def test_keda_scales_the_workers_on_their_queue(directory):
+    docs = render(directory)
+    (scaled,) = _of_kind(docs, "ScaledObject")
+    (deployment,) = _of_kind(docs, "Deployment")
+    assert scaled["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    assert scaled["spec"].get("scaleTargetRef", {}).get("kind", "Deployment") == "Deployment"
+    env = container_env(docs, deployment)
+    assert env["SERVICE_MODE"] == "task"
+    (trigger,) = scaled["spec"]["triggers"]
+    auth = {doc["metadata"]["name"]: doc for doc in _of_kind(docs, "TriggerAuthentication")}
+    secret_refs = {ref["name"] for ref in auth[trigger["authenticationRef"]["name"]]["spec"]["secretTargetRef"]}
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    deployment_secrets = {v["valueFrom"]["secretKeyRef"]["name"] for v in container.get("env", [])
+                          if "secretKeyRef" in v.get("valueFrom", {})}
+    assert secret_refs == deployment_secrets, "KEDA reads the broker's credentials where the workers do"
+    if trigger["type"] == "redis":
+        assert trigger["metadata"]["listName"] == env["SERVICE_NAME"]
+        broker = urlsplit(env["SERVICES_BROKER"])
+        assert trigger["metadata"]["address"] == f"{broker.hostname}:{broker.port or 6379}"
+        assert trigger["metadata"]["databaseIndex"] == "0"  # the broker's db (results go to db 1)
+    else:
+        assert trigger["type"] == "rabbitmq"
+        assert trigger["metadata"]["queueName"] == env["SERVICE_NAME"]
+        assert env["SERVICES_BROKER"]["secretKeyRef"] == {
+            "name": next(iter(secret_refs)), "key": auth[trigger["authenticationRef"]["name"]]["spec"][
+                "secretTargetRef"][0]["key"]}
+    assert 1 <= scaled["spec"]["minReplicaCount"] <= scaled["spec"]["maxReplicaCount"]
+
+
+@pytest.mark.parametrize("directory", KUSTOMIZATIONS, ids=_label)
+def test_gpu_overlays_ask_for_a_gpu_and_the_others_do_not(directory):
+    docs = render(directory)
+    gpu = directory.name.endswith("-gpu")
+    for deployment in _of_kind(docs, "Deployment"):
+        pod = deployment["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        env = container_env(docs, deployment)
+        limits = container["resources"]["limits"]
+        if gpu:
+            assert limits["nvidia.com/gpu"] == 1
+            assert env["DEVICE"] == "cuda"
+            assert env["CONCURRENCY"] == "0"
+            assert container["image"].endswith(":gpu")
+            assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
+        else:
+            assert "nvidia.com/gpu" not in limits
+            assert "DEVICE" not in env
+            assert not container["image"].endswith(":gpu")
