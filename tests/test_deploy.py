@@ -914,3 +914,20 @@ def test_gpu_overlays_ask_for_a_gpu_and_the_others_do_not(directory):
             assert "nvidia.com/gpu" not in limits
             assert "DEVICE" not in env
             assert not container["image"].endswith(":gpu")
+
+
+# ----------------------------------------------------------------------------------------------------- README
+
+
+def test_readme_configuration_table_says_which_modes_read_each_setting():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| variable")]
+    listed = {}
+    for row in rows:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        for name in cells[0].replace("(or ", ", ").replace(")", "").split(","):
+            listed[name.strip()] = cells[1]
+    missing = sorted(name for name in Settings.model_fields if name not in listed)
+    assert not missing, f"settings missing from the README's table: {missing}"
+    assert all(listed[name] for name in Settings.model_fields), "a setting without the modes that read it"
