@@ -557,6 +557,7 @@ def test_healthcheck_recognises_the_service_process(healthcheck):
     assert healthcheck.is_service_process(["nemo-stt", "serve"])
     assert not healthcheck.is_service_process(["/opt/venv/bin/python", "/opt/venv/bin/nemo-stt", "transcribe", "a"])
     assert not healthcheck.is_service_process(["python3", "/usr/local/bin/nemo-stt-healthcheck"])
+    assert not healthcheck.is_service_process(["/usr/bin/tini", "--", "/usr/local/bin/docker-entrypoint.sh", "serve"])
 
 
 def test_healthcheck_reads_proc_net_addresses(healthcheck):
