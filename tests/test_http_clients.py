@@ -17,13 +17,14 @@ from .recordings import as_wav, meeting
 
 BODY_TIMEOUT = 2.0  # HTTP_BODY_TIMEOUT of the server under test
 MIN_RATE = 1000  # HTTP_BODY_MIN_RATE, bytes/s
+HEADER_TIMEOUT = 2.0  # HTTP_HEADER_TIMEOUT
 
 
 @pytest.fixture(scope="module")
 def server():
     # Without VAD a request is one piece in the engine's queue, so that many of them fit it.
     process = ServerProcess({"VAD": "false", "NUM_THREADS": "1", "HTTP_BODY_TIMEOUT": str(BODY_TIMEOUT),
-                             "HTTP_BODY_MIN_RATE": str(MIN_RATE)})
+                             "HTTP_BODY_MIN_RATE": str(MIN_RATE), "HTTP_HEADER_TIMEOUT": str(HEADER_TIMEOUT)})
     yield process
     process.stop()
 
@@ -174,3 +175,45 @@ def test_clients_leaving_after_their_upload_have_their_transcriptions_cancelled(
     assert burst < clients * one_transcription / 4, (burst, one_transcription)
     assert "Exception in ASGI application" not in log and "Traceback" not in log and "ERROR" not in log
 
+
+
+def closed_within(sock: socket.socket, seconds: float) -> float | None:
+    """Seconds until the server closes `sock` (None if it is still open after `seconds`)."""
+    started = time.monotonic()
+    sock.settimeout(seconds)
+    try:
+        while sock.recv(65536):
+            pass
+    except TimeoutError:
+        return None
+    except ConnectionResetError:
+        pass
+    return time.monotonic() - started
+
+
+def test_a_connection_that_sends_no_request_is_closed_after_the_header_timeout(server):
+    with connect(server) as silent:
+        waited = closed_within(silent, HEADER_TIMEOUT + 5)
+    assert waited is not None and HEADER_TIMEOUT - 0.5 <= waited <= HEADER_TIMEOUT + 3
+    assert "request head did not come within 2 s" in server.output()
+
+
+def test_a_client_dripping_its_headers_is_closed_while_others_are_served(server, fixture_texts):
+    with connect(server) as dripping:
+        dripping.sendall(b"POST /transcribe HTTP/1.1\r\nHost: x\r\n")
+        started = time.monotonic()
+        closed = False
+        while time.monotonic() - started < HEADER_TIMEOUT + 5:
+            try:
+                dripping.sendall(b"X")
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+                break
+            readable, _, _ = select.select([dripping], [], [], 0.3)
+            if readable and not dripping.recv(65536):
+                closed = True
+                break
+        assert closed and time.monotonic() - started <= HEADER_TIMEOUT + 3
+    answer = httpx.post(f"{server.url}/transcribe", files={"file": (FIXTURES / "anna_bread.wav").read_bytes()},
+                        timeout=60)
+    assert wer(fixture_texts["anna_bread.wav"], answer.json()["text"]) <= OWN_TEXT_MAX_WER

@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     """Port of the HTTP mode."""
     MAX_UPLOAD_MB: float = Field(default=500, gt=0)
     """Largest accepted upload to /transcribe and /v1/audio/transcriptions, in MB; larger ones get 413."""
+    HTTP_HEADER_TIMEOUT: float = Field(default=10, gt=0)
+    """Seconds a client has to send a request's line and headers (from its connection, or from the previous
+    response on a kept-alive connection); past it, the connection is closed."""
     HTTP_BODY_TIMEOUT: float = Field(default=30, gt=0)
     """Seconds a request body may go without any data before the request gets 408 and its connection is
     closed; also the grace period of HTTP_BODY_MIN_RATE."""
