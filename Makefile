@@ -57,7 +57,7 @@ demo-model: $(INSTALLED)
 
 # A tiny BERT in recasepunc's layout on the demo grammar's sentences (minutes on 2 cores).
 punctuation-model: $(INSTALLED)
-	$(PY) tools/punctuation_model/train.py --out src/nemo_stt/assets/demo-en-punctuation --steps 1500
+	$(PY) tools/punctuation_model/train.py --out src/nemo_stt/assets/demo-en-punctuation --steps 3000
 
 fixtures: $(INSTALLED)
 	$(PY) tools/make_fixtures.py tests/fixtures

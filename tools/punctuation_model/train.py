@@ -63,11 +63,16 @@ def examples(sentences: list[str], rng: random.Random, count: int) -> list[list[
     return [[w for s in rng.sample(sentences, rng.randint(1, 4)) for w in written(s)] for _ in range(count)]
 
 
+_PIECES: dict[str, list[int]] = {}
+
+
 def encode(tokenizer, text: list[str], max_length: int):
     ids, cases, puncs = [tokenizer.cls_token_id], [-100], [-100]
     for word in text:
         bare, case, punc = word_labels(word)
-        pieces = tokenizer.encode(bare, add_special_tokens=False)
+        if bare not in _PIECES:
+            _PIECES[bare] = tokenizer.encode(bare, add_special_tokens=False)
+        pieces = _PIECES[bare]
         for j, piece in enumerate(pieces):
             ids.append(piece)
             cases.append(case if j == 0 else CASES.index("LOWER"))
@@ -115,12 +120,14 @@ def train_tokenizer(corpus: list[str], folder: Path):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="a model this small runs best on one thread")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     from transformers import BertConfig
 
     torch.manual_seed(args.seed)
