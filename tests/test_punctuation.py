@@ -206,3 +206,22 @@ def test_streaming_finals_are_punctuated():
     assert " ".join(m["text"] for m in finals) == PUNCTUATED
     assert [w["word"] for m in finals for w in m["words"]] == PUNCTUATED.split()
     assert all(not any(c in m["partial"] for c in ".,?") for m in messages if "partial" in m)
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_a_model_that_punctuates_itself_gets_punctuation_only_when_forced(force, caplog):
+    from types import SimpleNamespace
+
+    from nemo_stt.engine import Engine, EngineConfig
+
+    engine = Engine.__new__(Engine)  # the start-up rule alone, on a model whose tokens have capitals and marks
+    engine.config = EngineConfig(punctuation_model="demo", punctuation_force=force)
+    engine.model = SimpleNamespace(tokenizer=SimpleNamespace(vocab=["▁The", "▁cat", ".", ","]))
+    engine.device = torch.device("cpu")
+    with caplog.at_level("WARNING"):
+        batcher = engine._load_punctuation()
+    assert "writes punctuation and capitals" in caplog.text
+    assert (batcher is not None) == force
+    if batcher is not None:
+        assert batcher.punctuate("anna bought the bread at the market".split()) == PUNCTUATED.split()
+        batcher.close()
