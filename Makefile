@@ -8,7 +8,7 @@ PIP := $(PY) -m pip
 INSTALLED := $(VENV)/.installed
 HTTP_PORT ?= 8080
 
-.PHONY: run test install system-deps lint demo-model fixtures bench
+.PHONY: run test install system-deps lint demo-model punctuation-model fixtures bench
 
 run: $(INSTALLED)
 	SERVICE_MODE=$${SERVICE_MODE:-http} HTTP_PORT=$(HTTP_PORT) $(VENV)/bin/nemo-stt serve
@@ -54,6 +54,10 @@ demo-model: $(INSTALLED)
 	    --lr 3e-4 --warmup 50 --ctc-weight 0.3 --voice-variants --narrowband 0.2
 	$(DEMO_TRAIN) --out $(DEMO_MODEL) --init build/demo-voices.nemo --steps 1000 --no-specaug \
 	    --lr 3e-4 --warmup 50 --ctc-weight 0.3 --voice-variants --narrowband 0.2 --joined 0.5
+
+# A tiny BERT in recasepunc's layout on the demo grammar's sentences (minutes on 2 cores).
+punctuation-model: $(INSTALLED)
+	$(PY) tools/punctuation_model/train.py --out src/nemo_stt/assets/demo-en-punctuation --steps 3000
 
 fixtures: $(INSTALLED)
 	$(PY) tools/make_fixtures.py tests/fixtures

@@ -39,6 +39,8 @@ def engine_config(settings: Settings):
         long_file_chunk=settings.LONG_FILE_CHUNK_LEN,
         long_file_context=settings.LONG_FILE_CHUNK_CONTEXT_LEN,
         local_attention=settings.LONG_FILE_LOCAL_ATTENTION,
+        punctuation_model=settings.PUNCTUATION_MODEL,
+        punctuation_force=settings.PUNCTUATION_FORCE,
     )
 
 

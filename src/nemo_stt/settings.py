@@ -150,8 +150,14 @@ class Settings(BaseSettings):
     STREAMING_LOOKAHEAD_MS: float | None = Field(default=None, gt=0)
     """Cache-aware streaming: chunk length in ms, the closest the model was trained with; unset, the
     model's default context, with which streaming gives the offline transcript."""
+
+    # Punctuation
     PUNCTUATION_MODEL: str | None = None
-    """Path to a recasepunc model to restore case and punctuation in streaming."""
+    """Path to a recasepunc checkpoint (0.4 or later) restoring case and punctuation in transcripts and
+    streaming finals; `demo` is the embedded demo model (English, the demo model's vocabulary)."""
+    PUNCTUATION_FORCE: bool = False
+    """Apply PUNCTUATION_MODEL to an ASR model that writes punctuation and capitals itself (otherwise it is
+    left out, with a warning)."""
 
     @field_validator("VAD", mode="before")
     @classmethod

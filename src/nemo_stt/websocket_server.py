@@ -114,7 +114,8 @@ class StreamingServer:
         client_rate = self._parse_config(first)
         resampler = _Resampler(client_rate, self.engine.sample_rate)
         stream = self.engine.open_stream()
-        decoding = _Decoding(stream, _Sender(connection, self.settings.STREAMING_MAX_PARTIAL_ACTUALIZATION_PER_SECOND))
+        decoding = _Decoding(stream, _Sender(connection, self.settings.STREAMING_MAX_PARTIAL_ACTUALIZATION_PER_SECOND,
+                                               self.engine.punctuate_segment))
         packet_seconds: float | None = None
         silence_factor = self.settings.STREAMING_TIMEOUT_FOR_SILENCE
         last_data = time.monotonic()
@@ -255,10 +256,12 @@ class _Resampler:
 
 
 class _Sender:
-    """Sends partials at most `per_second` times a second (0: no limit), and finals always."""
+    """Sends partials at most `per_second` times a second (0: no limit), and finals always, through the
+    punctuation model when there is one (partials stay as decoded: they change until their final)."""
 
-    def __init__(self, connection: ServerConnection, per_second: float):
+    def __init__(self, connection: ServerConnection, per_second: float, punctuate):
         self.connection = connection
+        self.punctuate = punctuate
         self.interval = 1.0 / per_second if per_second else 0.0
         self.last_partial = 0.0
 
@@ -271,6 +274,7 @@ class _Sender:
         await self.connection.send(json.dumps({"partial": text, "decoded": round(decoded, 3)}))
 
     async def final(self, segment: Segment) -> None:
+        segment = await self.punctuate(segment)
         words = [{"word": w.word, "start": round(w.start, 3), "end": round(w.end, 3), "conf": round(w.conf, 5)}
                  for w in segment.words]
         await self.connection.send(json.dumps({"text": segment.text, "start": round(segment.start, 3),

@@ -33,7 +33,15 @@ from .model_loading import (
     use_local_attention,
 )
 from .model_lock import ModelLock
-from .stream import Stream, StreamingParams
+from .punctuation import (
+    PunctuationBatcher,
+    Punctuator,
+    punctuated_transcript,
+    punctuated_words,
+    resolve_punctuation_path,
+    writes_punctuation,
+)
+from .stream import Segment, Stream, StreamingParams
 from .transcriber import Transcriber
 from .vad import SpeechDetector, VadConfig
 
@@ -66,6 +74,10 @@ class EngineConfig:
     local_attention: str = "auto"
     """"on", "off", or "auto": full-context models use local attention when inputs can be longer than
     LOCAL_ATTENTION_ABOVE seconds (whole files up to the long-file threshold, or long-file windows)."""
+    punctuation_model: str | None = None
+    """A recasepunc checkpoint's path, or "demo"; None: transcripts as the model writes them."""
+    punctuation_force: bool = False
+    """Apply the punctuation model to a model that writes punctuation and capitals itself."""
 
 
 class Engine:
@@ -106,6 +118,23 @@ class Engine:
         configure_decoding(self.model, self.decoder)
         self.transcriber = Transcriber(self.model, self.decoder)
         self.vad = SpeechDetector(self.config.vad, self.sample_rate) if self.config.vad else None
+        self.punctuation = self._load_punctuation()
+
+    def _load_punctuation(self) -> PunctuationBatcher | None:
+        setting = self.config.punctuation_model
+        if not setting:
+            return None
+        if writes_punctuation(getattr(self.model.tokenizer, "vocab", ())):
+            if not self.config.punctuation_force:
+                log.warning("PUNCTUATION_MODEL=%s is not applied: this model writes punctuation and capitals "
+                            "itself (set PUNCTUATION_FORCE=true to apply it anyway)", setting)
+                return None
+            log.warning("PUNCTUATION_MODEL=%s is applied to a model that writes punctuation and capitals itself "
+                        "(PUNCTUATION_FORCE)", setting)
+        path = resolve_punctuation_path(setting)
+        punctuator = Punctuator(path, self.device)
+        log.info("punctuation model: %s (backbone %s)", path, punctuator.flavor)
+        return PunctuationBatcher(punctuator)
 
     def _wants_local_attention(self) -> bool:
         if self.config.local_attention == "off" or not has_full_context(self.model):
@@ -133,7 +162,8 @@ class Engine:
         """Transcribe mono float32 audio at `sample_rate` (VAD applied), blocking the calling thread
         (waiting for admission when the engine is full)."""
         with self.admission.enter():
-            return self._collect(self._submit_piece(audio, 0.0), language, len(audio) / self.sample_rate)
+            return self.punctuate(self._collect(self._submit_piece(audio, 0.0), language,
+                                                len(audio) / self.sample_rate))
 
     def submit_raw(self, audio: np.ndarray) -> Future:
         """One forward of `audio` through the batcher, without VAD; a request of its own, so QueueFull
@@ -161,10 +191,12 @@ class Engine:
             head, rest = self._read_head(stream)
             if rest is None:
                 transcript = self._collect(self._submit_piece(head, 0.0), language, len(head) / self.sample_rate)
-                if progress:
-                    progress(1.0)
-                return transcript
-            return self._transcribe_windows(_chain([head], rest), stream.duration, language, progress)
+            else:
+                transcript = self._transcribe_windows(_chain([head], rest), stream.duration, language, progress)
+        transcript = self.punctuate(transcript)
+        if progress:
+            progress(1.0)
+        return transcript
 
     async def transcribe_source_async(self, source: AudioSource, language: str | None = None) -> Transcript:
         """`transcribe_source` for asyncio callers: a short file holds no thread while it waits for the model.
@@ -174,7 +206,7 @@ class Engine:
         """
         ticket = self.admission.try_enter()
         try:
-            return await self._transcribe_admitted(source, language, ticket)
+            return await self.punctuate_async(await self._transcribe_admitted(source, language, ticket))
         finally:
             ticket.release()  # a no-op when a long file's thread holds it (see `_transcribe_admitted`)
 
@@ -312,6 +344,32 @@ class Engine:
         text = " ".join(output.text for output in outputs if output.text)
         return Transcript(text=text, words=tuple(words), language=language or self.language, duration=duration)
 
+    # Punctuation --------------------------------------------------------------------------------------
+
+    @property
+    def punctuates(self) -> bool:
+        return self.punctuation is not None
+
+    def punctuate(self, transcript: Transcript) -> Transcript:
+        """The transcript with the punctuation model's case and punctuation (as it is without one); word
+        times and confidences unchanged."""
+        if self.punctuation is None or not transcript.words:
+            return transcript
+        return punctuated_transcript(transcript, self.punctuation.punctuate([w.word for w in transcript.words]))
+
+    async def punctuate_async(self, transcript: Transcript) -> Transcript:
+        if self.punctuation is None or not transcript.words:
+            return transcript
+        texts = await asyncio.wrap_future(self.punctuation.submit([w.word for w in transcript.words]))
+        return punctuated_transcript(transcript, texts)
+
+    async def punctuate_segment(self, segment: Segment) -> Segment:
+        """A streaming final with the punctuation model's case and punctuation."""
+        if self.punctuation is None or not segment.words:
+            return segment
+        texts = await asyncio.wrap_future(self.punctuation.submit([w.word for w in segment.words]))
+        return Segment(text=" ".join(texts), words=punctuated_words(segment.words, texts))
+
     # Streaming ----------------------------------------------------------------------------------------
 
     def supports_cache_aware_streaming(self) -> bool:
@@ -356,6 +414,8 @@ class Engine:
         self.batcher.close()
         if self._streamer is not None:
             self._streamer.close()
+        if self.punctuation is not None:
+            self.punctuation.close()
 
 
 def on_passing_thread(function, *args):
