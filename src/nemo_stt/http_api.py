@@ -124,6 +124,9 @@ class BodyGuardMiddleware:
 
 # Probes and scraping: never refused (neither by the API key nor while draining) and not work in flight.
 UNGUARDED_PATHS = frozenset({"/healthcheck", "/ready", "/metrics"})
+# The routes' own paths, the labels of requests refused before routing (any other path counts as "other").
+_ROUTES = UNGUARDED_PATHS | {"/transcribe", "/v1/audio/transcriptions", "/v1/models", "/docs", "/docs/oauth2-redirect",
+                             "/redoc", "/openapi.json"}
 
 
 class ServiceMiddleware:
@@ -133,13 +136,11 @@ class ServiceMiddleware:
     `error_content(path, status, detail, code)` shapes its answers as each API shapes its errors.
     """
 
-    def __init__(self, app, lifecycle: Lifecycle, api_key: str | None, error_content: Callable[..., dict],
-                 route_paths: Callable[[], set[str]]):
+    def __init__(self, app, lifecycle: Lifecycle, api_key: str | None, error_content: Callable[..., dict]):
         self.app = app
         self.lifecycle = lifecycle
         self.api_key = api_key
         self.error_content = error_content
-        self.route_paths = route_paths
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -187,7 +188,7 @@ class ServiceMiddleware:
         route = scope.get("route")
         if route is not None and getattr(route, "path", None):
             return route.path
-        if path in self.route_paths():
+        if path in _ROUTES:
             return path
         return "/v1/models/{model}" if path.startswith("/v1/models/") else "other"
 
@@ -277,8 +278,7 @@ def create_app(engine: Engine, max_upload_bytes: int, body_timeout: float = 30,
     app.add_middleware(BodyGuardMiddleware, max_bytes=max_upload_bytes, timeout=body_timeout,
                        min_rate=body_min_rate, error_content=error_content)
     # Added last, so outermost: it refuses before the body guard reads anything.
-    app.add_middleware(ServiceMiddleware, lifecycle=lifecycle, api_key=api_key, error_content=error_content,
-                       route_paths=lambda: {route.path for route in app.routes})
+    app.add_middleware(ServiceMiddleware, lifecycle=lifecycle, api_key=api_key, error_content=error_content)
     app.add_exception_handler(StarletteHTTPException, openai_api.http_error_handler)
     app.include_router(openai_api.router(engine, max_upload_bytes, max_audio_seconds))
 
