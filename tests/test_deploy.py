@@ -855,7 +855,8 @@ def test_kubernetes_probes_use_the_routes_that_exist(directory):
     if env["SERVICE_MODE"] == "http":
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             check = container[probe]["httpGet"]
-            assert check["path"] == "/healthcheck"
+            # Readiness follows the drain at shutdown; liveness and start-up, the process.
+            assert check["path"] == ("/ready" if probe == "readinessProbe" else "/healthcheck")
             assert _port(container, check["port"]) == port
     else:
         for probe in ("startupProbe", "readinessProbe"):

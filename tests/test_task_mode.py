@@ -393,3 +393,26 @@ def test_two_meetings_at_once_succeed_with_a_queue_size_of_eight(redis_port, sha
             assert_meeting_transcribed(task, expected)
     finally:
         worker.stop()
+
+
+def test_the_worker_serves_its_metrics_on_metrics_port(redis_port, shared_folder):
+    import httpx
+
+    broker = BROKERS["redis"][0].format(port=redis_port)
+    queue, port = f"stt-test-{uuid.uuid4().hex[:8]}", free_port()
+    worker = Worker(broker, queue, shared_folder, METRICS_PORT=str(port))
+    try:
+        worker.wait_ready()
+        client = Celery("client", broker=broker, backend=BROKERS["redis"][1].format(port=redis_port))
+        name = sorted(p.name for p in shared_folder.iterdir() if p.suffix in (".wav", ".mp3", ".flac"))[0]
+        send(client, queue, name, True).get(timeout=120)
+        with pytest.raises(Exception, match="outside the shared folder"):
+            send(client, queue, "../../etc/passwd", True).get(timeout=120)
+        scraped = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        assert 'nemo_stt_tasks_total{outcome="success"} 1.0' in scraped
+        assert 'nemo_stt_tasks_total{outcome="invalid_input"} 1.0' in scraped
+        audio = float(re.search(r'nemo_stt_audio_seconds_total\{mode="task"\} (\S+)', scraped)[1])
+        assert audio == pytest.approx(len(decode_audio(shared_folder / name, RATE)) / RATE, abs=0.01)
+        assert float(re.search(r"nemo_stt_batch_size_count (\S+)", scraped)[1]) >= 1
+    finally:
+        worker.stop()

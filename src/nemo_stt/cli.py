@@ -24,15 +24,9 @@ def serve(settings: Settings) -> None:
 
         asyncio.run(run(load_engine(settings, warm_up=False), settings))  # the server warms up what it uses
         return
-    import uvicorn
+    from .http_api import run
 
-    from .http_api import create_app
-    from .http_protocol import with_header_timeout
-
-    app = create_app(load_engine(settings), max_upload_bytes=int(settings.MAX_UPLOAD_MB * 1e6),
-                     body_timeout=settings.HTTP_BODY_TIMEOUT, body_min_rate=settings.HTTP_BODY_MIN_RATE)
-    uvicorn.run(app, host="0.0.0.0", port=settings.HTTP_PORT, log_level="info", timeout_graceful_shutdown=30,
-                http=with_header_timeout(settings.HTTP_HEADER_TIMEOUT))
+    run(load_engine(settings), settings)
 
 
 def transcribe_files(settings: Settings, paths: list[str], as_json: bool) -> int:

@@ -4,9 +4,11 @@ speech-to-text API under /v1 (`openai_api`)."""
 import asyncio
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+import uvicorn
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -14,9 +16,11 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from . import results
-from .audio import AudioDecodeError
+from . import metrics, results
+from .audio import AudioDecodeError, AudioStream, decodes_quickly
 from .engine import Engine, QueueFull
+from .http_protocol import with_header_timeout
+from .lifecycle import Lifecycle, bearer, key_matches
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +123,81 @@ class BodyGuardMiddleware:
         await JSONResponse(content, status, headers=headers)({"type": "http"}, None, send)
 
 
+# Probes and scraping: never refused (neither by the API key nor while draining) and not work in flight.
+UNGUARDED_PATHS = frozenset({"/healthcheck", "/ready", "/metrics"})
+# The routes' own paths, the labels of requests refused before routing (any other path counts as "other").
+_ROUTES = UNGUARDED_PATHS | {"/transcribe", "/v1/audio/transcriptions", "/v1/models", "/docs", "/docs/oauth2-redirect",
+                             "/redoc", "/openapi.json"}
+
+
+class ServiceMiddleware:
+    """The outermost layer of the app: the API key, refusals while draining, work in flight and the request
+    metrics. It answers before the body is read, so that a refused request costs no upload and no work.
+
+    `error_content(path, status, detail, code)` shapes its answers as each API shapes its errors.
+    """
+
+    def __init__(self, app, lifecycle: Lifecycle, api_key: str | None, error_content: Callable[..., dict]):
+        self.app = app
+        self.lifecycle = lifecycle
+        self.api_key = api_key
+        self.error_content = error_content
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope.get("path", "")
+        started = time.monotonic()
+        status: list[int | None] = [None]
+
+        async def recorded_send(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            if path in UNGUARDED_PATHS:
+                await self.app(scope, receive, recorded_send)
+                return
+            authorization = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
+            if not key_matches(self.api_key, bearer(authorization)):
+                metrics.AUTH_FAILURES.labels("http").inc()
+                await self._answer(scope, recorded_send, 401, "a valid API key is required (Authorization: "
+                                   "Bearer KEY)", {"www-authenticate": "Bearer"}, code="invalid_api_key")
+            elif self.lifecycle.draining:
+                await self._answer(scope, recorded_send, 503, "the server is shutting down; retry on another "
+                                   "instance", {"retry-after": "1", "connection": "close"})
+            else:
+                self.lifecycle.in_flight += 1
+                metrics.HTTP_IN_FLIGHT.inc()
+                try:
+                    await self.app(scope, receive, recorded_send)
+                finally:
+                    self.lifecycle.in_flight -= 1
+                    metrics.HTTP_IN_FLIGHT.dec()
+        except BaseException:
+            status[0] = status[0] or 500
+            raise
+        finally:
+            route = self._route(scope, path)
+            # 499 (nginx's code): the client left before any answer was sent.
+            metrics.HTTP_REQUESTS.labels(route, str(status[0] or 499)).inc()
+            metrics.HTTP_LATENCY.labels(route).observe(time.monotonic() - started)
+
+    def _route(self, scope, path: str) -> str:
+        """The route's template, so that labels stay few whatever the paths clients ask for."""
+        route = scope.get("route")
+        if route is not None and getattr(route, "path", None):
+            return route.path
+        if path in _ROUTES:
+            return path
+        return "/v1/models/{model}" if path.startswith("/v1/models/") else "other"
+
+    async def _answer(self, scope, send, status: int, detail: str, headers: dict, code: str | None = None) -> None:
+        content = self.error_content(scope.get("path", ""), status, detail, code)
+        await JSONResponse(content, status, headers=headers)({"type": "http"}, None, send)
+
+
 class _BodyReader:
     """The `receive` of one request as the app sees it, with the limits of `BodyGuardMiddleware`."""
 
@@ -176,9 +255,13 @@ class _ClientLeft(Exception):
 
 
 def create_app(engine: Engine, max_upload_bytes: int, body_timeout: float = 30,
-               body_min_rate: float = 10_000) -> FastAPI:
+               body_min_rate: float = 10_000, lifecycle: Lifecycle | None = None, api_key: str | None = None,
+               max_audio_seconds: float | None = None) -> FastAPI:
     """The app; `body_timeout` (s) and `body_min_rate` (bytes/s) bound the reading of bodies (see
-    `BodyGuardMiddleware`)."""
+    `BodyGuardMiddleware`); `lifecycle` says whether it takes work (see `ServiceMiddleware`); with `api_key`,
+    requests need it; `max_audio_seconds` bounds the audio's duration (413)."""
+    lifecycle = lifecycle or Lifecycle()
+    metrics.watch_engine(engine)
     from . import openai_api  # imports this module's shared pieces
 
     app = FastAPI(
@@ -188,17 +271,33 @@ def create_app(engine: Engine, max_upload_bytes: int, body_timeout: float = 30,
         version=_version(),
     )
 
-    def error_content(path: str, status: int, detail: str) -> dict:
-        return openai_api.error_content(status, detail) if openai_api.serves(path) else {"detail": detail}
+    def error_content(path: str, status: int, detail: str, code: str | None = None) -> dict:
+        if openai_api.serves(path):
+            return openai_api.error_content(status, detail, code=code)
+        return {"detail": detail}
 
     app.add_middleware(BodyGuardMiddleware, max_bytes=max_upload_bytes, timeout=body_timeout,
                        min_rate=body_min_rate, error_content=error_content)
+    # Added last, so outermost: it refuses before the body guard reads anything.
+    app.add_middleware(ServiceMiddleware, lifecycle=lifecycle, api_key=api_key, error_content=error_content)
     app.add_exception_handler(StarletteHTTPException, openai_api.http_error_handler)
-    app.include_router(openai_api.router(engine, max_upload_bytes))
+    app.include_router(openai_api.router(engine, max_upload_bytes, max_audio_seconds))
 
     @app.get("/healthcheck", response_class=PlainTextResponse, summary="1 when the model is loaded")
     async def healthcheck() -> str:
         return "1"
+
+    @app.get("/ready", response_class=PlainTextResponse, summary="200 while the server takes work, 503 while it "
+             "drains for shutdown", responses={503: {"description": "draining: new work is refused"}})
+    async def ready() -> Response:
+        if lifecycle.ready:
+            return PlainTextResponse("ready")
+        return PlainTextResponse("draining", 503)
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+    async def prometheus_metrics() -> Response:
+        body, media_type = metrics.exposition()
+        return Response(body, media_type=media_type)
 
     @app.post(
         "/transcribe",
@@ -224,25 +323,38 @@ def create_app(engine: Engine, max_upload_bytes: int, body_timeout: float = 30,
         # which a batch waits for its last uploads. The documented body is in `_TRANSCRIBE_BODY`.
         async with request.form() as form:
             file, language = _form_fields(form)
-            transcript = await transcribe_upload(engine, request, file, language, max_upload_bytes)
+            transcript = await transcribe_upload(engine, request, file, language, max_upload_bytes,
+                                                 max_audio_seconds)
         return render(transcript, output)
 
     return app
 
 
 async def transcribe_upload(engine: Engine, request: Request, file: UploadFile, language: str | None,
-                            max_upload_bytes: int) -> results.Transcript:
-    """The transcript of an uploaded file, for every route that takes one: HTTPException 413 (too large),
-    415 (empty, or not audio), 503 with Retry-After (the queue is full) or 500; _ClientLeft, which the body
-    guard ends quietly, when the client disconnects before its transcript is ready."""
+                            max_upload_bytes: int, max_audio_seconds: float | None = None) -> results.Transcript:
+    """The transcript of an uploaded file, for every route that takes one: HTTPException 413 (too large, or
+    longer than `max_audio_seconds`), 415 (empty, or not audio), 503 with Retry-After (the queue is full) or
+    500; _ClientLeft, which the body guard ends quietly, when the client disconnects before its transcript is
+    ready."""
     if file.size is not None and file.size > max_upload_bytes:
         raise HTTPException(413, f"the upload is larger than the limit of {max_upload_bytes / 1e6:g} MB")
     if file.size == 0:
         raise HTTPException(415, f"{file.filename or 'file'}: the file is empty")
     try:
+        if max_audio_seconds is not None:
+            # The container's header, read before any decoding: a file that says it is too long costs nothing.
+            stated = await _stated_duration(file.file)
+            if stated is not None and stated > max_audio_seconds + _DURATION_TOLERANCE:
+                raise _too_long(stated, max_audio_seconds)
         # The upload is spooled to disk by the form parser; decoding reads it incrementally.
-        return await _unless_client_leaves(engine.transcribe_source_async(file.file, language), request.receive)
-    except _ClientLeft:
+        transcript = await _unless_client_leaves(engine.transcribe_source_async(file.file, language),
+                                                 request.receive)
+        if max_audio_seconds is not None and (transcript.duration or 0) > max_audio_seconds + _DURATION_TOLERANCE:
+            # A container without a stated duration (a stream of MP3 or Ogg pages): only decoding tells.
+            raise _too_long(transcript.duration, max_audio_seconds)
+        metrics.AUDIO_SECONDS.labels("http").inc(transcript.duration or 0.0)
+        return transcript
+    except (_ClientLeft, HTTPException):
         raise
     except AudioDecodeError as error:
         raise HTTPException(415, f"{file.filename or 'file'}: {error}") from None
@@ -251,6 +363,30 @@ async def transcribe_upload(engine: Engine, request: Request, file: UploadFile, 
     except Exception:
         log.exception("transcription failed")
         raise HTTPException(500, "transcription failed; see the server log") from None
+
+
+# Containers round their stated duration (MP3 frames, codec delay): a file at the limit is not refused.
+_DURATION_TOLERANCE = 0.05
+
+
+def _too_long(seconds: float, limit: float) -> HTTPException:
+    return HTTPException(413, f"the audio lasts {seconds:.1f} s, longer than the limit of {limit:g} s")
+
+
+async def _stated_duration(upload) -> float | None:
+    """The duration the upload's container states, or None; AudioDecodeError for what is not audio."""
+    position = upload.tell()
+
+    def probe() -> float | None:
+        try:
+            with AudioStream(upload, 16000) as stream:  # the rate is unused: nothing is decoded
+                return stream.duration
+        finally:
+            upload.seek(position)
+
+    if decodes_quickly(upload):  # a small WAV or FLAC: its header is read in microseconds
+        return probe()
+    return await asyncio.to_thread(probe)
 
 
 T = TypeVar("T")
@@ -331,3 +467,59 @@ def _version() -> str:
         return version("nemo-stt")
     except PackageNotFoundError:
         return "0"
+
+
+
+def run(engine: Engine, settings) -> None:
+    """Serve the app until SIGTERM or SIGINT has drained it (see `DrainingServer`)."""
+    lifecycle = Lifecycle()
+    app = create_app(engine, max_upload_bytes=int(settings.MAX_UPLOAD_MB * 1e6),
+                     body_timeout=settings.HTTP_BODY_TIMEOUT, body_min_rate=settings.HTTP_BODY_MIN_RATE,
+                     lifecycle=lifecycle, api_key=settings.API_KEY, max_audio_seconds=settings.MAX_AUDIO_SECONDS)
+    # uvicorn's own grace only cancels what the drain left (past SHUTDOWN_GRACE_SECONDS).
+    config = uvicorn.Config(app, host="0.0.0.0", port=settings.HTTP_PORT, log_level="info",
+                            timeout_graceful_shutdown=1, http=with_header_timeout(settings.HTTP_HEADER_TIMEOUT))
+    DrainingServer(config, lifecycle, settings.SHUTDOWN_GRACE_SECONDS).run()
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, with a drain before its shutdown.
+
+    uvicorn alone stops listening at the first SIGTERM, so a readiness probe cannot see the server leave, and
+    re-raises the signal once done, so the process dies of it (exit code 143). Here the first SIGTERM or
+    SIGINT sets the lifecycle draining (/ready 503, new requests 503) and waits until the requests in flight
+    are answered, at most `grace` seconds; then uvicorn shuts down, cancelling what is left, and the process
+    exits 0. A second signal stops at once.
+    """
+
+    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle, grace: float):
+        super().__init__(config)
+        self.lifecycle = lifecycle
+        self.grace = grace
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._drain: asyncio.Task | None = None
+
+    async def serve(self, sockets=None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig, frame) -> None:  # a signal handler, run on the event loop's thread
+        if self.lifecycle.draining or self._loop is None:
+            self.should_exit = self.force_exit = True
+            return
+        self.lifecycle.draining = True
+        self._drain = self._loop.create_task(self._drain_then_exit(sig))
+
+    async def _drain_then_exit(self, sig: int) -> None:
+        loop = asyncio.get_running_loop()
+        lifecycle = self.lifecycle
+        log.info("signal %d: draining, %d request(s) in flight, %g s of grace", sig, lifecycle.in_flight, self.grace)
+        deadline = loop.time() + self.grace
+        while lifecycle.in_flight and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if lifecycle.in_flight:
+            log.warning("shutdown grace of %g s over: cancelling %d request(s) in flight", self.grace,
+                        lifecycle.in_flight)
+        else:
+            log.info("drained: every request in flight was answered")
+        self.should_exit = True

@@ -94,7 +94,7 @@ class _Form:
     stream: bool
 
 
-def router(engine: Engine, max_upload_bytes: int) -> APIRouter:
+def router(engine: Engine, max_upload_bytes: int, max_audio_seconds: float | None = None) -> APIRouter:
     api = APIRouter(prefix=PREFIX, tags=["OpenAI-compatible"])
     # created: when this server loaded the model, the closest honest figure for a model loaded from anywhere.
     card = {"id": model_id(engine), "object": "model", "created": int(time.time()), "owned_by": _owner(engine)}
@@ -132,7 +132,8 @@ def router(engine: Engine, max_upload_bytes: int) -> APIRouter:
         # loop), and so that every error is OpenAI's JSON with the parameter at fault.
         async with request.form() as form:
             fields = _read_form(form)
-            transcript = await transcribe_upload(engine, request, fields.file, fields.language, max_upload_bytes)
+            transcript = await transcribe_upload(engine, request, fields.file, fields.language, max_upload_bytes,
+                                                 max_audio_seconds)
         if fields.stream:
             return _events(transcript)
         if fields.response_format == "json":

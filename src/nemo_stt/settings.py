@@ -94,6 +94,21 @@ class Settings(BaseSettings):
     received buys 1/HTTP_BODY_MIN_RATE s more, so a body must have arrived within HTTP_BODY_TIMEOUT +
     size / HTTP_BODY_MIN_RATE seconds (408 past it); 0 turns this rule off."""
 
+    MAX_AUDIO_SECONDS: float | None = Field(default=None, gt=0)
+    """Longest audio accepted by /transcribe and /v1/audio/transcriptions, in seconds; longer gets 413.
+    Checked on the container's stated duration before any decoding when it has one, else on the decoded length."""
+    API_KEY: str | None = None
+    """When set, every route but /healthcheck, /ready and /metrics, and every stream, needs
+    `Authorization: Bearer API_KEY` (streams may pass `?api_key=` instead); unset, no key is checked."""
+
+    # Operations
+    SHUTDOWN_GRACE_SECONDS: float = Field(default=30, ge=0)
+    """After SIGTERM, seconds that requests and streams in flight have to finish (new work is refused
+    meanwhile); what is left after that is cancelled."""
+    METRICS_PORT: int | None = Field(default=None, ge=1, le=65535)
+    """Port of a Prometheus /metrics endpoint for the websocket and task modes (the HTTP mode serves
+    /metrics on HTTP_PORT); unset, none."""
+
     # Batching (every front end's requests share one queue)
     BATCH_MAX_SIZE: int = Field(default=16, ge=1)
     """Most requests in one forward (on CPU too: measured in benchmarks/throughput.py)."""

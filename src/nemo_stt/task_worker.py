@@ -21,7 +21,7 @@ from celery.backends.rpc import RPCBackend
 from celery.worker import state as worker_state
 from celery.worker.request import Request
 
-from . import results
+from . import metrics, results
 from .audio import AudioDecodeError
 from .service import load_engine, runs_on_gpu
 from .settings import Settings
@@ -179,18 +179,27 @@ def create_celery(settings: Settings, engine=None) -> Celery:
     # Input errors are the client's: report them as failures without a traceback in the log.
     @app.task(name=TASK_NAME, bind=True, base=_TranscribeTask, throws=(TaskInputError,))
     def transcribe_task(self, file_path: str, with_metadata: bool = True, language: str | None = None) -> dict:
-        with_metadata = metadata_flag(with_metadata)
-        language = task_language(language)
-        path = resolve_audio_path(settings.SHARED_FOLDER, file_path)
-
-        def progress(fraction: float) -> None:
-            if fraction < 1.0:
-                self.update_state(state="PROGRESS", meta={"progress": round(fraction, 3)})
-
         try:
-            transcript = get_engine().transcribe_source(path, language, progress=progress)
-        except AudioDecodeError as error:
-            raise TaskInputError(f"{file_path}: {error}") from None
+            with_metadata = metadata_flag(with_metadata)
+            language = task_language(language)
+            path = resolve_audio_path(settings.SHARED_FOLDER, file_path)
+
+            def progress(fraction: float) -> None:
+                if fraction < 1.0:
+                    self.update_state(state="PROGRESS", meta={"progress": round(fraction, 3)})
+
+            try:
+                transcript = get_engine().transcribe_source(path, language, progress=progress)
+            except AudioDecodeError as error:
+                raise TaskInputError(f"{file_path}: {error}") from None
+        except TaskInputError:
+            metrics.TASKS.labels("invalid_input").inc()
+            raise
+        except Exception:
+            metrics.TASKS.labels("failure").inc()
+            raise
+        metrics.TASKS.labels("success").inc()
+        metrics.AUDIO_SECONDS.labels("task").inc(transcript.duration or 0.0)
         return results.to_json(transcript, with_metadata=with_metadata)
 
     return app
@@ -198,7 +207,10 @@ def create_celery(settings: Settings, engine=None) -> Celery:
 
 def run_worker(settings: Settings) -> None:
     # The model is loaded before the worker consumes anything: "ready" means ready to transcribe.
-    app = create_celery(settings, load_engine(settings))
+    engine = load_engine(settings)
+    app = create_celery(settings, engine)
+    metrics.watch_engine(engine)
+    metrics.serve_on_port(settings.METRICS_PORT)
     on_gpu = runs_on_gpu(settings)
     # Threads share one model and its batcher: parallel tasks are batched together. On GPU one
     # process owns the device and runs tasks one at a time (solo pool), as the seed advises.

@@ -16,14 +16,18 @@ Bad input closes that connection with a code and a reason, and frees its state.
 import asyncio
 import json
 import logging
+import signal
 import time
+from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from . import metrics
 from .audio import pcm16_to_float
 from .engine import Engine, Segment, Stream, StreamingParams
+from .lifecycle import Lifecycle, bearer, key_matches
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -51,9 +55,10 @@ class ProtocolError(Exception):
 
 
 class StreamingServer:
-    def __init__(self, engine: Engine, settings: Settings):
+    def __init__(self, engine: Engine, settings: Settings, lifecycle: Lifecycle | None = None):
         self.engine = engine
         self.settings = settings
+        self.lifecycle = lifecycle or Lifecycle()
         self.params = StreamingParams(
             engine=settings.STREAMING_ENGINE,
             lookahead_ms=settings.STREAMING_LOOKAHEAD_MS,
@@ -65,14 +70,33 @@ class StreamingServer:
         )
         self.max_backlog = settings.STREAMING_MAX_BACKLOG_SEC
         self.active = 0
+        self.in_flight = 0
         self._place_freed = asyncio.Condition()
         log.info("streaming engine: %s", engine.start_streaming(self.params))
 
     async def handle(self, connection: ServerConnection) -> None:
+        if not self._authorized(connection):
+            metrics.AUTH_FAILURES.labels("websocket").inc()
+            metrics.STREAMS_REJECTED.labels("unauthorized").inc()
+            await connection.close(POLICY, "a valid API key is required (Authorization: Bearer KEY, or ?api_key=)")
+            return
+        if self.lifecycle.draining:
+            metrics.STREAMS_REJECTED.labels("draining").inc()
+            await connection.close(TRY_AGAIN_LATER, "the server is shutting down; retry on another instance")
+            return
         if not await self._take_place():
+            metrics.STREAMS_REJECTED.labels("capacity").inc()
             await connection.close(TRY_AGAIN_LATER, f"too many connections ({self.active}); retry later")
             return
+        self.in_flight += 1  # until its closing handshake is done, for the drain at shutdown
+        try:
+            await self._stream(connection)
+        finally:
+            self.in_flight -= 1
+
+    async def _stream(self, connection: ServerConnection) -> None:
         code, reason = 1000, "end of stream"
+        metrics.STREAMS_ACTIVE.inc()
         try:
             await self._serve(connection)
         except ProtocolError as error:
@@ -81,9 +105,25 @@ class StreamingServer:
         except ConnectionClosed:
             code = None  # the client left: its state goes with this coroutine
         finally:
+            metrics.STREAMS_ACTIVE.dec()
             await self._give_place_back()  # before the closing handshake: the client may reconnect at once
+        metrics.STREAMS_CLOSED.labels(str(code) if code is not None else "client_left").inc()
         if code is not None:
             await connection.close(code, reason)
+
+    def _authorized(self, connection: ServerConnection) -> bool:
+        """Whether the handshake carried the API key: the header OpenAI-style clients send, or `?api_key=`
+        for browser clients, which cannot set headers on a websocket."""
+        expected = self.settings.API_KEY
+        if expected is None:
+            return True
+        request = connection.request
+        if request is None:
+            return False
+        given = bearer(request.headers.get("Authorization"))
+        if given is None:
+            given = next(iter(parse_qs(urlsplit(request.path).query).get("api_key", [])), None)
+        return key_matches(expected, given)
 
     async def _take_place(self) -> bool:
         async with self._place_freed:
@@ -282,11 +322,37 @@ class _Sender:
 
 
 async def run(engine: Engine, settings: Settings) -> None:
-    server = StreamingServer(engine, settings)
+    """Serve streams until SIGTERM or SIGINT; then drain: new connections get 1013 while the streams in flight
+    go on to their end (their last final and a 1000 close), for at most SHUTDOWN_GRACE_SECONDS; the streams
+    left then are closed with 1001 (going away)."""
+    lifecycle = Lifecycle()
+    server = StreamingServer(engine, settings, lifecycle)
+    metrics.watch_engine(engine)
+    metrics.serve_on_port(settings.METRICS_PORT)
+    loop = asyncio.get_running_loop()
+    stop, force = asyncio.Event(), asyncio.Event()
+
+    def on_signal() -> None:
+        (force if stop.is_set() else stop).set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal)
     # No keepalive pings from the server: STREAMING_IDLE_TIMEOUT closes silent connections, and the pong of a
     # client under back-pressure waits behind its own audio in the socket, so pings would close a client
     # for sending fast.
     async with serve(server.handle, "0.0.0.0", settings.STREAMING_PORT, max_size=MAX_FRAME_BYTES,
-                     max_queue=MAX_QUEUED_FRAMES, ping_interval=None) as ws_server:
+                     max_queue=MAX_QUEUED_FRAMES, ping_interval=None):
         log.info("streaming on port %d", settings.STREAMING_PORT)
-        await ws_server.serve_forever()
+        await stop.wait()
+        lifecycle.draining = True
+        grace = settings.SHUTDOWN_GRACE_SECONDS
+        log.info("draining: %d stream(s) in flight, %g s of grace", server.in_flight, grace)
+        deadline = loop.time() + grace
+        while server.in_flight and loop.time() < deadline and not force.is_set():
+            await asyncio.sleep(0.05)
+        if server.in_flight:
+            log.warning("shutdown grace of %g s over: closing %d stream(s) in flight (1001)", grace,
+                        server.in_flight)
+        else:
+            log.info("drained: every stream in flight ended")
+    # Leaving `serve` closed the listening socket and the connections left.

@@ -64,6 +64,8 @@ class Batcher:
         self._collecting = False  # a loop is forming a batch
         self._dropped = 0  # cancelled pieces taken out of the queue, not yet logged
         self._seconds_per_audio_second = 0.05  # running estimate, for Retry-After
+        # Called after each successful forward with (items, forward seconds, audio seconds): for metrics.
+        self.on_batch: Callable[[int, float, float], None] | None = None
         self._threads = [
             threading.Thread(target=self._loop, name=f"inference-{i}", daemon=True) for i in range(policy.workers)
         ]
@@ -191,8 +193,11 @@ class Batcher:
                 self._run([request])
             return
         audio_seconds = sum(len(r.audio) for r in batch) / self._rate
+        elapsed = time.monotonic() - started
+        if self.on_batch is not None:
+            self.on_batch(len(batch), elapsed, audio_seconds)
         if audio_seconds > 0:
-            observed = (time.monotonic() - started) / audio_seconds
+            observed = elapsed / audio_seconds
             self._seconds_per_audio_second = 0.8 * self._seconds_per_audio_second + 0.2 * observed
         for request, output in zip(batch, outputs, strict=True):
             request.future.set_result(output)
