@@ -42,3 +42,18 @@ def test_local_attention_leaves_inputs_within_its_context_unchanged_on_a_bias_fr
     assert local.transcribe(audio).text == full.transcribe(audio).text
     full.close()
     local.close()
+
+
+def test_auto_gives_short_inputs_full_attention_and_long_ones_local_attention(parakeet_like):
+    speech = decode_audio(FIXTURES / "pilot_train.wav", 16000)
+    long = np.tile(speech, 1 + int(65 * 16000 / len(speech)))  # over 60 s
+    short = long[: 16000 * 12]
+    engines = {mode: Engine(EngineConfig(model=parakeet_like, device="cpu", num_threads=2, local_attention=mode))
+               for mode in ("off", "on", "auto")}
+    # Beyond the local context (128 frames, 10.24 s) local attention changes the encoder's output.
+    assert not torch.allclose(encoded(engines["on"], short), encoded(engines["off"], short), atol=1e-4)
+    auto = engines["auto"]
+    assert auto.transcribe(long).words == engines["on"].transcribe(long).words
+    assert auto.transcribe(short).words == engines["off"].transcribe(short).words
+    for engine in engines.values():
+        engine.close()

@@ -90,6 +90,13 @@ def use_local_attention(model, frames_each_side: int = 128) -> None:
         model.encoder.change_subsampling_conv_chunking_factor(1)
 
 
+def use_full_attention(model) -> None:
+    """Switch back to attention over the whole input (after `use_local_attention`)."""
+    device = next(model.parameters()).device
+    model.encoder.change_attention_model("rel_pos", [-1, -1], device=device)
+    _match_new_attention_layers(model)
+
+
 def _match_new_attention_layers(model) -> None:
     """Make the attention layers NeMo just rebuilt compute what the old ones did.
 
