@@ -41,19 +41,26 @@ CASES = {
     "cache-aware-hybrid": ("streaming_hybrid", None, 40, 40),
     "tdt-128-mels": ("tdt", None, 128, 40),
     "tdt-large-vocabulary": ("tdt", None, 40, 512),
+    # benchmarks/make_replicas.py --small: real models' structures (bias-free Conformer layers, 128
+    # per_feature mels and a 1024-piece vocabulary; the 80-ms cache-aware context), at tiny sizes.
+    "parakeet-tdt-0.6b-v2-small": ("replica", None, None, None),
+    "stt_en_fastconformer_hybrid_medium_streaming_80ms_pc-small": ("replica", None, None, None),
 }
 
 
 @pytest.fixture(scope="module")
 def replica_paths(tmp_path_factory) -> dict[str, str]:
     sys.path.insert(0, str(REPO / "tools/demo_model"))
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import make_replicas
     from sentences import make_corpus
 
     directory = tmp_path_factory.mktemp("replicas")
     tokenizers = {40: tiny_models.train_tokenizer(directory / "tokenizer-40"),
                   512: tiny_models.train_tokenizer(directory / "tokenizer-512", 512, make_corpus(3000, seed=3))}
     torch.manual_seed(0)
-    return {name: str(tiny_models.build(kind, tokenizers[vocabulary], directory / f"{name}.nemo", features))
+    return {name: str(make_replicas.build(name.removesuffix("-small"), directory, small=True) if kind == "replica"
+                      else tiny_models.build(kind, tokenizers[vocabulary], directory / f"{name}.nemo", features))
             for name, (kind, _, features, vocabulary) in CASES.items()}
 
 
