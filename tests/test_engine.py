@@ -156,7 +156,7 @@ def test_parallel_workers_give_each_caller_its_own_transcript(fixture_texts):
     engine.close()
 
 
-def test_full_context_models_switch_to_local_attention_when_inputs_can_be_long(tiny_model_paths):
+def test_full_context_models_use_local_attention_only_for_forwards_of_long_inputs(tiny_model_paths):
     path = tiny_model_paths["hybrid"]
 
     def engine(**config) -> Engine:
@@ -164,8 +164,18 @@ def test_full_context_models_switch_to_local_attention_when_inputs_can_be_long(t
 
     full = engine(local_attention="off")
     assert full.encoder_attention() == "rel_pos"
-    assert engine(local_attention="auto").encoder_attention() == "rel_pos_local_attn"  # 480 s inputs by default
+    auto = engine(local_attention="auto")  # inputs up to 480 s by default
+    assert auto.local_attention and auto.encoder_attention() == "rel_pos"
+    assert auto.transcribe(SILENT_NOISE).text == full.transcribe(SILENT_NOISE).text
+    assert auto.encoder_attention() == "rel_pos"
+    long_input = np.tile(SILENT_NOISE, 31)  # 62 s: above LOCAL_ATTENTION_ABOVE
+    auto.transcribe(long_input)
+    assert auto.encoder_attention() == "rel_pos_local_attn"
+    auto.transcribe(SILENT_NOISE)
+    assert auto.encoder_attention() == "rel_pos"
     short_inputs = engine(local_attention="auto", long_file_threshold=30, long_file_chunk=20, long_file_context=5)
+    assert not short_inputs.local_attention
+    short_inputs.transcribe(SILENT_NOISE)
     assert short_inputs.encoder_attention() == "rel_pos"
     local = engine(local_attention="on")
     assert local.encoder_attention() == "rel_pos_local_attn"

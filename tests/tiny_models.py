@@ -16,11 +16,12 @@ TEXT = [
 TDT_DURATIONS = [0, 1, 2, 3, 4]
 
 
-def train_tokenizer(directory: Path) -> Path:
+def train_tokenizer(directory: Path, vocab_size: int = 40, text: list[str] | None = None) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     corpus = directory / "text.txt"
-    corpus.write_text("\n".join(TEXT * 5) + "\n")
-    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(directory / "tokenizer"), vocab_size=40,
+    corpus.write_text("\n".join(text or TEXT * 5) + "\n")
+    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(directory / "tokenizer"),
+                                   vocab_size=vocab_size,
                                    model_type="bpe", character_coverage=1.0, bos_id=-1, eos_id=-1, minloglevel=2)
     processor = spm.SentencePieceProcessor(model_file=str(directory / "tokenizer.model"))
     # NeMo packs vocab.txt into the .nemo beside the SentencePiece model.
@@ -29,14 +30,21 @@ def train_tokenizer(directory: Path) -> Path:
     return directory
 
 
-def _common(tokenizer_dir: Path) -> dict:
+def _dataset(shuffle: bool) -> dict:
+    # NeMo's transcribe() builds its data loader from validation_ds.
+    return {"manifest_filepath": None, "sample_rate": 16000, "batch_size": 4, "shuffle": shuffle,
+            "num_workers": 0, "pin_memory": False, "use_start_end_token": False}
+
+
+def _common(tokenizer_dir: Path, features: int) -> dict:
     return {
         "sample_rate": 16000,
+        "train_ds": _dataset(True), "validation_ds": _dataset(False), "test_ds": _dataset(False),
         "tokenizer": {"dir": str(tokenizer_dir), "type": "bpe"},
         "preprocessor": {"_target_": "nemo.collections.asr.modules.AudioToMelSpectrogramPreprocessor",
                          "sample_rate": 16000, "normalize": "per_feature", "window_size": 0.025,
-                         "window_stride": 0.01, "features": 40, "n_fft": 512, "dither": 1e-5, "pad_to": 0},
-        "encoder": {"_target_": "nemo.collections.asr.modules.ConformerEncoder", "feat_in": 40, "n_layers": 1,
+                         "window_stride": 0.01, "features": features, "n_fft": 512, "dither": 1e-5, "pad_to": 0},
+        "encoder": {"_target_": "nemo.collections.asr.modules.ConformerEncoder", "feat_in": features, "n_layers": 1,
                     "d_model": 32, "subsampling": "dw_striding", "subsampling_factor": 8,
                     "subsampling_conv_channels": 32, "ff_expansion_factor": 2, "self_attention_model": "rel_pos",
                     "n_heads": 2, "conv_kernel_size": 9},
@@ -63,11 +71,11 @@ def _ctc_decoder() -> dict:
             "vocabulary": []}
 
 
-def build(kind: str, tokenizer_dir: Path, out: Path) -> Path:
+def build(kind: str, tokenizer_dir: Path, out: Path, features: int = 40) -> Path:
     """Save a random-weight model of `kind` (ctc, rnnt, tdt, hybrid, streaming_hybrid) to `out`; return the path."""
     from nemo.collections.asr.models import EncDecCTCModelBPE, EncDecHybridRNNTCTCBPEModel, EncDecRNNTBPEModel
 
-    cfg = _common(tokenizer_dir)
+    cfg = _common(tokenizer_dir, features)
     if kind == "ctc":
         cfg.update({"decoder": _ctc_decoder(), "decoding": {"strategy": "greedy_batch"}})
         model_class = EncDecCTCModelBPE

@@ -81,6 +81,35 @@ def model_config(tokenizer_dir: str, d_model: int, n_layers: int, n_heads: int, 
         },
         "loss": {"loss_name": "default"},
         "optim": {"name": "adamw", "lr": 1e-3},
+        **dataset_sections(),
+    }
+
+
+def add_dataset_sections(model) -> None:
+    """Give a model saved without them the dataset sections (see `dataset_sections`); weights untouched."""
+    from omegaconf import open_dict
+
+    cfg = model.cfg
+    with open_dict(cfg):
+        for key, value in dataset_sections().items():
+            if cfg.get(key) is None:
+                cfg[key] = value
+    model.cfg = cfg
+
+
+def dataset_sections() -> dict:
+    """The train_ds, validation_ds and test_ds sections every NeMo ASR model carries.
+
+    Training here feeds batches by hand, but NeMo's `transcribe()` builds its data loader from
+    `validation_ds` and fails on a model without it.
+    """
+    common = {"manifest_filepath": None, "sample_rate": SAMPLE_RATE, "labels": None, "batch_size": 16,
+              "num_workers": 0, "pin_memory": False, "use_start_end_token": False}
+    return {
+        "train_ds": {**common, "shuffle": True, "max_duration": 20.0, "min_duration": 0.1, "is_tarred": False,
+                     "tarred_audio_filepaths": None},
+        "validation_ds": {**common, "shuffle": False},
+        "test_ds": {**common, "shuffle": False},
     }
 
 
@@ -291,6 +320,7 @@ def main() -> None:
 
         if args.init:
             model = EncDecHybridRNNTCTCBPEModel.restore_from(str(args.init), map_location="cpu")
+            add_dataset_sections(model)
             cfg = model.cfg
         else:
             config = model_config(str(tokenizer_dir), args.d_model, args.layers, args.heads, args.subsampling,

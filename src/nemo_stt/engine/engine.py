@@ -30,6 +30,7 @@ from .model_loading import (
     has_full_context,
     load_asr_model,
     resolve_device,
+    use_full_attention,
     use_local_attention,
 )
 from .model_lock import ModelLock
@@ -72,8 +73,8 @@ class EngineConfig:
     long_file_chunk: float = 240.0
     long_file_context: float = 10.0
     local_attention: str = "auto"
-    """"on", "off", or "auto": full-context models use local attention when inputs can be longer than
-    LOCAL_ATTENTION_ABOVE seconds (whole files up to the long-file threshold, or long-file windows)."""
+    """"on", "off", or "auto": full-context models use local attention for the forwards whose longest
+    input is longer than LOCAL_ATTENTION_ABOVE seconds, full attention for the others ("on": for all)."""
     punctuation_model: str | None = None
     """A recasepunc checkpoint's path, or "demo"; None: transcripts as the model writes them."""
     punctuation_force: bool = False
@@ -105,14 +106,20 @@ class Engine:
                  "%d items / %g s, VAD %s, %s attention", config.model or "demo model", type(self.model).__name__,
                  self.decoder, self.device, policy.workers, torch.get_num_threads(), policy.max_batch_items,
                  policy.max_batch_seconds, config.vad.method if config.vad else "off",
-                 "local" if self.local_attention else "model's own")
+                 (f"local above {LOCAL_ATTENTION_ABOVE:g} s" if self._attention_by_length else "local")
+                 if self.local_attention else "model's own")
 
     def _load(self) -> None:
         """The model, its decoding and the VAD (torch work: see `on_passing_thread`)."""
         self.model = load_asr_model(self.config.model, self.device)
         self.family = model_family(self.model)
         self.local_attention = self._wants_local_attention()
-        if self.local_attention:
+        # With "auto", the attention is chosen per forward (see `_forward`): local attention changes
+        # the outputs of inputs longer than its context, so short inputs keep the attention the model
+        # was trained with.
+        self._attention_by_length = self.local_attention and self.config.local_attention == "auto"
+        self._local_now = self.local_attention and not self._attention_by_length
+        if self._local_now:
             use_local_attention(self.model)
         self.decoder = select_decoder(self.model, self.config.architecture)
         configure_decoding(self.model, self.decoder)
@@ -146,8 +153,19 @@ class Engine:
         return longest_input > LOCAL_ATTENTION_ABOVE
 
     def _forward(self, audios: list[np.ndarray]) -> list[Transcript]:
-        with self.model_lock.shared():
-            return self.transcriber.transcribe_batch(audios)
+        if not self._attention_by_length:
+            with self.model_lock.shared():
+                return self.transcriber.transcribe_batch(audios)
+        local = max(len(audio) for audio in audios) > LOCAL_ATTENTION_ABOVE * self.sample_rate
+        while True:
+            with self.model_lock.shared():
+                if self._local_now == local:
+                    return self.transcriber.transcribe_batch(audios)
+            # Switching rebuilds the attention layers: no other forward may run meanwhile.
+            with self.model_lock.exclusive():
+                if self._local_now != local:
+                    (use_local_attention if local else use_full_attention)(self.model)
+                    self._local_now = local
 
     def encoder_attention(self) -> str:
         return str(self.model.encoder.self_attention_model)

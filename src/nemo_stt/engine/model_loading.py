@@ -82,10 +82,33 @@ def use_local_attention(model, frames_each_side: int = 128) -> None:
         for key, default in (("dropout", 0.0), ("dropout_emb", 0.0), ("dropout_att", 0.0), ("pos_emb_max_len", 5000)):
             if model.encoder._cfg.get(key) is None:
                 model.encoder._cfg[key] = default
-    model.encoder.change_attention_model("rel_pos_local_attn", [frames_each_side, frames_each_side])
+    device = next(model.parameters()).device
+    model.encoder.change_attention_model("rel_pos_local_attn", [frames_each_side, frames_each_side], device=device)
+    _match_new_attention_layers(model)
     if hasattr(model.encoder, "change_subsampling_conv_chunking_factor"):
         # The convolutional subsampling then processes long inputs in pieces instead of one large tensor.
         model.encoder.change_subsampling_conv_chunking_factor(1)
+
+
+def use_full_attention(model) -> None:
+    """Switch back to attention over the whole input (after `use_local_attention`)."""
+    device = next(model.parameters()).device
+    model.encoder.change_attention_model("rel_pos", [-1, -1], device=device)
+    _match_new_attention_layers(model)
+
+
+def _match_new_attention_layers(model) -> None:
+    """Make the attention layers NeMo just rebuilt compute what the old ones did.
+
+    `change_attention_model` builds them in training mode (dropout on) and always with biases: for an
+    encoder without biases (`use_bias: false`, as in the Parakeet models) the loaded weights leave
+    those biases at their random initial values.
+    """
+    if not model.encoder._cfg.get("use_bias", True):
+        for layer in model.encoder.layers:
+            for name in ("linear_q", "linear_k", "linear_v", "linear_out"):
+                getattr(layer.self_attn, name).bias = None
+    model.eval()
 
 
 def _restore(model_class, path: str, device: torch.device, label: str):
