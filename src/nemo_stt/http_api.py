@@ -254,6 +254,16 @@ class _ClientLeft(Exception):
     """The client disconnected after its upload: nothing is to be answered."""
 
 
+# The answers both transcription routes give to a bad or untimely upload, for their OpenAPI schemas.
+UPLOAD_ERRORS = {
+    408: {"description": "the body stopped for HTTP_BODY_TIMEOUT seconds, or came slower than HTTP_BODY_MIN_RATE"},
+    413: {"description": "the upload is larger than MAX_UPLOAD_MB, or its audio longer than MAX_AUDIO_SECONDS"},
+    415: {"description": "the file is not decodable audio"},
+    422: {"description": "the form has no `file`, or a field of the wrong kind"},
+    503: {"description": "the server is busy (retry after Retry-After seconds) or shutting down"},
+}
+
+
 def create_app(engine: Engine, max_upload_bytes: int, body_timeout: float = 30,
                body_min_rate: float = 10_000, lifecycle: Lifecycle | None = None, api_key: str | None = None,
                max_audio_seconds: float | None = None) -> FastAPI:
@@ -307,12 +317,7 @@ def create_app(engine: Engine, max_upload_bytes: int, body_timeout: float = 30,
                   "description": "JSON with text, words, language and confidence-score; or text, WebVTT, SRT "
                                  "according to the Accept header"},
             406: {"description": "the Accept header names no supported format"},
-            408: {"description": "the body stopped for HTTP_BODY_TIMEOUT seconds, or came slower than "
-                                 "HTTP_BODY_MIN_RATE"},
-            413: {"description": "the upload is larger than MAX_UPLOAD_MB"},
-            415: {"description": "the file is not decodable audio"},
-            422: {"description": "the form has no `file`, or a field of the wrong kind"},
-            503: {"description": "the transcription queue is full; retry after Retry-After seconds"},
+            **UPLOAD_ERRORS,
         },
         openapi_extra={"requestBody": _TRANSCRIBE_BODY},
     )

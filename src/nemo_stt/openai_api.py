@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import results
 from .engine import Engine, demo_model_path
-from .http_api import render, transcribe_upload
+from .http_api import UPLOAD_ERRORS, render, transcribe_upload
 
 PREFIX = "/v1"
 
@@ -118,12 +118,7 @@ def router(engine: Engine, max_upload_bytes: int, max_audio_seconds: float | Non
                               "text/event-stream": {}},
                   "description": "as `response_format` says; server-sent events with `stream=true`"},
             400: {"description": "a parameter with a value this API does not take, or a malformed body"},
-            408: {"description": "the body stopped for HTTP_BODY_TIMEOUT seconds, or came slower than "
-                                 "HTTP_BODY_MIN_RATE"},
-            413: {"description": "the upload is larger than MAX_UPLOAD_MB"},
-            415: {"description": "the file is not decodable audio"},
-            422: {"description": "the form has no `file`, or a field of the wrong kind"},
-            503: {"description": "the transcription queue is full; retry after Retry-After seconds"},
+            **UPLOAD_ERRORS,
         },
         openapi_extra={"requestBody": _TRANSCRIPTIONS_BODY},
     )
