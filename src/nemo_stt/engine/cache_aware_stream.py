@@ -378,6 +378,7 @@ class CacheAwareStream(Stream):
         self._state = streamer.new_state()
         self._sent = 0  # samples handed to the streamer
         self._tokens: list[tuple[int, int, float]] = []  # since the last final
+        self._words: list[Word] | None = None  # the pending tokens as words, until the tokens change
         self._in_flight: asyncio.Future | None = None
 
     @property
@@ -411,11 +412,16 @@ class CacheAwareStream(Stream):
         self._in_flight = asyncio.wrap_future(self.streamer.step(self._state, audio, flush=flush))
         await asyncio.shield(self._in_flight)
         self._in_flight = None
-        self._tokens += self._state.tokens
+        if self._state.tokens:
+            self._tokens += self._state.tokens
+            self._words = None
         self._state.tokens = []
 
     def _pending_words(self) -> list[Word]:
-        return [_word(group, self._tokenizer, self.streamer.frame_seconds) for group in self._groups()]
+        # Asked after every packet of every stream (the pause rule): words are made once per change of tokens.
+        if self._words is None:
+            self._words = [_word(group, self._tokenizer, self.streamer.frame_seconds) for group in self._groups()]
+        return self._words
 
     def _groups(self) -> list[list[tuple[int, int, float]]]:
         """The pending tokens grouped into words ("▁" starts one)."""
@@ -431,6 +437,7 @@ class CacheAwareStream(Stream):
         groups = self._groups()
         words = tuple(_word(group, self._tokenizer, self.streamer.frame_seconds) for group in groups[:count])
         self._tokens = [token for group in groups[count:] for token in group]
+        self._words = None
         return Segment(" ".join(w.word for w in words), words)
 
 
