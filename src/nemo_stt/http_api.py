@@ -426,18 +426,19 @@ async def _disconnected(receive) -> None:
         pass
 
 
-_TRANSCRIBE_BODY = {
-    "required": True,
-    "content": {"multipart/form-data": {"schema": {
-        "type": "object",
-        "required": ["file"],
-        "properties": {
-            "file": {"type": "string", "format": "binary", "contentMediaType": "application/octet-stream",
-                     "description": "audio in any format FFmpeg reads (wav, flac, mp3, ogg...)"},
-            "language": {"type": "string", "description": "language to report, overriding LANGUAGE"},
-        },
-    }}},
-}
+def upload_form_body(**fields: dict) -> dict:
+    """The OpenAPI request body of a transcription form: the audio file, the language and `fields`."""
+    properties = {
+        "file": {"type": "string", "format": "binary", "contentMediaType": "application/octet-stream",
+                 "description": "audio in any format FFmpeg reads (wav, flac, mp3, ogg, m4a, webm...)"},
+        "language": {"type": "string", "description": "language to report, overriding LANGUAGE"},
+        **fields,
+    }
+    return {"required": True, "content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": ["file"], "properties": properties}}}}
+
+
+_TRANSCRIBE_BODY = upload_form_body()
 
 
 def _form_fields(form) -> tuple[UploadFile, str | None]:

@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import results
 from .engine import Engine, demo_model_path
-from .http_api import UPLOAD_ERRORS, render, transcribe_upload
+from .http_api import UPLOAD_ERRORS, render, transcribe_upload, upload_form_body
 
 PREFIX = "/v1"
 
@@ -231,26 +231,15 @@ def _events(transcript: results.Transcript) -> Response:
     return Response(body, media_type="text/event-stream", headers={"cache-control": "no-cache"})
 
 
-_TRANSCRIPTIONS_BODY = {
-    "required": True,
-    "content": {"multipart/form-data": {"schema": {
-        "type": "object",
-        "required": ["file"],
-        "properties": {
-            "file": {"type": "string", "format": "binary", "contentMediaType": "application/octet-stream",
-                     "description": "audio in any format FFmpeg reads (wav, flac, mp3, ogg, m4a, webm...)"},
-            "model": {"type": "string", "description": "any value (SDKs send `whisper-1`): the loaded model "
-                                                       "answers; GET /v1/models gives its id"},
-            "language": {"type": "string", "description": "language to report, overriding LANGUAGE"},
-            "prompt": {"type": "string", "description": "accepted and unused"},
-            "response_format": {"type": "string", "enum": list(RESPONSE_FORMATS), "default": "json"},
-            "temperature": {"type": "number", "minimum": 0, "maximum": 1,
-                            "description": "accepted and unused: decoding is greedy"},
-            "timestamp_granularities[]": {"type": "array", "items": {"type": "string", "enum": list(GRANULARITIES)},
-                                          "description": "verbose_json: `segment` (the default) and/or `word`"},
-            "stream": {"type": "boolean", "default": False,
-                       "description": "server-sent events (json and text formats), sent once the transcript "
-                                      "is ready"},
-        },
-    }}},
-}
+_TRANSCRIPTIONS_BODY = upload_form_body(
+    model={"type": "string", "description": "any value (SDKs send `whisper-1`): the loaded model answers; "
+                                            "GET /v1/models gives its id"},
+    prompt={"type": "string", "description": "accepted and unused"},
+    response_format={"type": "string", "enum": list(RESPONSE_FORMATS), "default": "json"},
+    temperature={"type": "number", "minimum": 0, "maximum": 1,
+                 "description": "accepted and unused: decoding is greedy"},
+    stream={"type": "boolean", "default": False,
+            "description": "server-sent events (json and text formats), sent once the transcript is ready"},
+    **{"timestamp_granularities[]": {"type": "array", "items": {"type": "string", "enum": list(GRANULARITIES)},
+                                     "description": "verbose_json: `segment` (the default) and/or `word`"}},
+)
