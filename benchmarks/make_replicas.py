@@ -2,6 +2,13 @@
 
     python benchmarks/make_replicas.py parakeet-tdt-0.6b-v2            # into build/replicas/
     python benchmarks/make_replicas.py --all --small                   # every structure, at tiny sizes
+    python benchmarks/make_replicas.py parakeet-tdt-0.6b-v2 --emission-rate 0.3    # for speed benchmarks
+
+`--emission-rate R` raises the blank logit of the transducer joint until greedy decoding emits about R
+tokens per encoder frame on synthetic speech, as a trained model does (a trained English model emits
+about one token per three 80-ms frames). Untouched, a random joint emits up to max_symbols tokens on
+every frame, and the decoding loop, not the encoder, would be what a speed benchmark measures. The
+file is then named NAME-emitting.nemo. The equality tests use untouched replicas.
 
 A replica has its model's encoder sizes, subsampling, mel features and normalisation, decoder type,
 TDT durations, vocabulary size and attention context, so that it costs what the model costs and takes
@@ -36,6 +43,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools" / "demo_model"))
@@ -108,16 +116,57 @@ def config(spec: dict, tokenizer_dir: Path, small: bool) -> dict:
     return cfg
 
 
-def build(name: str, out_dir: Path, small: bool) -> Path:
+def calibrate_emissions(model, rate: float) -> float:
+    """Add to the joint's blank logit the bias that makes greedy decoding emit about `rate` tokens per frame.
+
+    Measured with the model's own greedy decoding on 8 s of synthetic speech (encoder run once), by
+    bisection on the bias; returns the rate reached.
+    """
+    import torch
+    from synthesize import speak
+
+    sentences = iter(make_corpus(40, seed=3))
+    audio = np.zeros(0, dtype=np.float32)
+    while len(audio) < 8 * 16000:
+        audio = np.concatenate([audio, speak(next(sentences)), np.zeros(3200, np.float32)])
+    output = model.joint.joint_net[-1]
+    blank = model.joint.num_classes_with_blank - 1
+    with torch.inference_mode():
+        signal = torch.from_numpy(audio).unsqueeze(0)
+        encoded, lengths = model.forward(input_signal=signal, input_signal_length=torch.tensor([signal.shape[1]]))
+
+        def emitted(bias: float) -> float:
+            original = output.bias[blank].item()
+            output.bias[blank] += bias
+            hypothesis = model.decoding.rnnt_decoder_predictions_tensor(encoded, lengths)[0]
+            output.bias[blank] = original
+            return len(hypothesis.y_sequence) / int(lengths[0])
+
+        low, high = 0.0, 64.0
+        for _ in range(12):
+            middle = (low + high) / 2
+            low, high = (middle, high) if emitted(middle) > rate else (low, middle)
+        output.bias[blank] += high
+        return emitted(0.0)
+
+
+def build(name: str, out_dir: Path, small: bool, emission_rate: float | None = None) -> Path:
     from nemo.collections.asr.models import EncDecCTCModelBPE, EncDecHybridRNNTCTCBPEModel, EncDecRNNTBPEModel
 
     spec = REPLICAS[name]
     model_class = {"ctc": EncDecCTCModelBPE, "tdt": EncDecRNNTBPEModel, "hybrid": EncDecHybridRNNTCTCBPEModel}
-    out = out_dir / f"{name}{'-small' if small else ''}.nemo"
+    if emission_rate is not None and spec["family"] == "ctc":
+        raise SystemExit(f"{name}: --emission-rate is for transducer decoders (CTC greedy decoding costs the same "
+                         "whatever it emits)")
+    suffix = ("-small" if small else "") + ("-emitting" if emission_rate is not None else "")
+    out = out_dir / f"{name}{suffix}.nemo"
     with tempfile.TemporaryDirectory() as work:
         vocabulary = tokenizer(Path(work) / "tokenizer", spec["vocabulary"])
         model = model_class[spec["family"]](cfg=OmegaConf.create(config(spec, Path(work) / "tokenizer", small)))
         model.eval()
+        if emission_rate is not None:
+            reached = calibrate_emissions(model, emission_rate)
+            print(f"{name}: greedy decoding emits {reached:.2f} tokens per encoder frame", flush=True)
         out.parent.mkdir(parents=True, exist_ok=True)
         model.save_to(str(out))
     parameters = sum(p.numel() for p in model.parameters())
@@ -134,10 +183,12 @@ def main() -> None:
                         help=f"one or more of: {', '.join(REPLICAS)}")
     parser.add_argument("--all", action="store_true")
     parser.add_argument("--small", action="store_true", help="the same structures at tiny sizes")
+    parser.add_argument("--emission-rate", type=float, metavar="R",
+                        help="tokens per encoder frame the transducer's greedy decoding emits (see above)")
     parser.add_argument("--out-dir", type=Path, default=Path("build/replicas"))
     args = parser.parse_args()
     for name in REPLICAS if args.all else args.names:
-        build(name, args.out_dir, args.small)
+        build(name, args.out_dir, args.small, args.emission_rate)
 
 
 if __name__ == "__main__":
