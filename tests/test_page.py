@@ -36,6 +36,7 @@ def servers():
         streaming.stop()
         raise
     yield http, streaming
+    streaming.process.terminate()  # both drain at once; each stop then waits for its own
     http.stop()
     streaming.stop()
 

@@ -103,7 +103,7 @@ class Settings(BaseSettings):
     """Longest audio accepted by /transcribe and /v1/audio/transcriptions, in seconds; longer gets 413.
     Checked on the container's stated duration before any decoding when it has one, else on the decoded length."""
     API_KEY: str | None = None
-    """When set, every route but /healthcheck, /ready and /metrics, and every stream, needs
+    """When set, every route but /healthcheck, /ready, /metrics and the page (/, /page/*), and every stream, needs
     `Authorization: Bearer API_KEY` (streams may pass `?api_key=` instead); unset, no key is checked."""
 
     # Operations
@@ -143,7 +143,8 @@ class Settings(BaseSettings):
 
     # Streaming
     STREAMING_PORT: int = Field(default=80, ge=1, le=65535)
-    """Port of the websocket mode."""
+    """Port of the websocket mode; the page at / (HTTP mode) streams to it on its own host unless
+    PAGE_WEBSOCKET_URL says otherwise."""
     STREAMING_MIN_CHUNK_SIZE: float = Field(default=0.5, gt=0)
     """Seconds of new audio gathered before each decode."""
     STREAMING_BUFFER_TRIMMING_SEC: float = Field(default=8, gt=0)
