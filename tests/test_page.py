@@ -164,6 +164,7 @@ def test_microphone_shows_partials_then_a_final_with_the_words_said(page, server
     with_key(page)
     page.click("#start")
     page.wait_for_selector("#partial:not(:empty)")
+    assert page.locator("#finals li").count() == 0  # the partial came while the first sentence went on
     final = page.wait_for_selector("#finals li .final")
     assert wer(SPOKEN, final.inner_text()) <= OWN_TEXT_MAX_WER
     assert page.get_attribute("#finals li .final span >> nth=0", "title").endswith(" s")  # the words' times
