@@ -57,7 +57,8 @@ def microphone_wav(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def browser(microphone_wav):
+def browser(servers, microphone_wav):
+    # After the servers: Playwright's sync API runs an event loop, and StreamingServerProcess uses asyncio.run.
     with playwright_api.sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=[
             "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
@@ -72,11 +73,18 @@ def page(browser, servers):
     context = browser.new_context(accept_downloads=True)
     page = context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
+    # Uncaught exceptions and what the page's Content-Security-Policy blocks (the failed requests of the
+    # refusal tests are logged too, as expected).
+    errors = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error"
+            and not message.text.startswith("Failed to load resource") else None)
     page.goto(http.url + "/")
     # Once the page has read its config (the page's CSP forbids wait_for_function's eval: locators instead).
     playwright_api.expect(page.locator("#ws-url")).not_to_have_value("", timeout=TIMEOUT_MS)
     yield page
     context.close()
+    assert not errors, errors
 
 
 def vtt_time(timestamp: str):
