@@ -13,7 +13,7 @@ HTTP_PORT ?= 8080
 run: $(INSTALLED)
 	SERVICE_MODE=$${SERVICE_MODE:-http} HTTP_PORT=$(HTTP_PORT) $(VENV)/bin/nemo-stt serve
 
-test: $(INSTALLED)
+test: system-deps $(INSTALLED)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -27,10 +27,11 @@ $(INSTALLED): pyproject.toml constraints.txt
 	$(PIP) install -c constraints.txt -e '.[dev]'
 	touch $(INSTALLED)
 
-# espeak-ng synthesizes the training speech and the test fixtures; the service runs on jemalloc.
+# espeak-ng synthesizes the training speech and the test fixtures; the service runs on jemalloc; the page's
+# tests run in Debian's headless chromium.
 system-deps:
-	@command -v espeak-ng >/dev/null && ldconfig -p | grep -q libjemalloc.so.2 || \
-	    { apt-get update -q && apt-get install -y -q espeak-ng libjemalloc2; }
+	@command -v espeak-ng >/dev/null && ldconfig -p | grep -q libjemalloc.so.2 && command -v chromium >/dev/null || \
+	    { apt-get update -q && apt-get install -y -q espeak-ng libjemalloc2 chromium; }
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check .

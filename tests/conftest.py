@@ -61,7 +61,11 @@ class ServerProcess:
         self.log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"nemo-stt-{self.port}.log", "w+")  # noqa: SIM115
         self.process = subprocess.Popen([sys.executable, "-m", "nemo_stt", "serve"], env=full_env,
                                         stdout=self.log, stderr=subprocess.STDOUT)
-        self._wait_ready()
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.process.kill()  # a server that is not handed to a fixture would outlive the tests
+            raise
 
     def _wait_ready(self, timeout: float = 180) -> None:
         deadline = time.time() + timeout

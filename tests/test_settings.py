@@ -104,6 +104,7 @@ def test_service_broker_is_an_alias_of_services_broker(monkeypatch):
     ("VAD", "webrtc", "auditok"),
     ("SERVICE_MODE", "grpc", "http"),
     ("STREAMING_TIMEOUT_FOR_SILENCE", "5", "less than or equal to 2"),
+    ("PAGE_WEBSOCKET_URL", "http://stt.example.com:2700/streaming", "a ws:// or wss:// URL"),
 ])
 def test_an_invalid_value_names_the_variable_value_and_what_is_allowed(monkeypatch, name, value, hint):
     monkeypatch.setenv(name, value)

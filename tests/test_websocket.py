@@ -28,14 +28,18 @@ class StreamingServerProcess:
                     "NUM_THREADS": "2", **env}
         self.process = subprocess.Popen([sys.executable, "-m", "nemo_stt", "serve"], env=full_env,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                asyncio.run(self._ping())
-                return
-            except OSError:
-                time.sleep(0.3)
-        raise RuntimeError("streaming server not ready")
+        deadline = time.time() + 180  # as ServerProcess: a loaded machine takes minutes to start two servers
+        try:
+            while time.time() < deadline:
+                try:
+                    asyncio.run(self._ping())
+                    return
+                except OSError:
+                    time.sleep(0.3)
+            raise RuntimeError("streaming server not ready")
+        except BaseException:
+            self.process.kill()  # a server that is not handed to a fixture would outlive the tests
+            raise
 
     async def _ping(self):
         async with connect(self.url) as ws:

@@ -1,5 +1,5 @@
 """HTTP mode: POST /transcribe, GET /healthcheck and Swagger UI at /docs, as LinTO-STT-NeMo serves them; OpenAI's
-speech-to-text API under /v1 (`openai_api`)."""
+speech-to-text API under /v1 (`openai_api`); a page to try the service at / (`page`)."""
 
 import asyncio
 import logging
@@ -16,7 +16,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from . import metrics, results
+from . import metrics, page, results
 from .audio import AudioDecodeError, AudioStream, decodes_quickly
 from .engine import Engine, QueueFull
 from .http_protocol import with_header_timeout
@@ -126,13 +126,14 @@ class BodyGuardMiddleware:
 # Probes and scraping: never refused (neither by the API key nor while draining) and not work in flight.
 UNGUARDED_PATHS = frozenset({"/healthcheck", "/ready", "/metrics"})
 # The routes' own paths, the labels of requests refused before routing (any other path counts as "other").
-_ROUTES = UNGUARDED_PATHS | {"/transcribe", "/v1/audio/transcriptions", "/v1/models", "/docs", "/docs/oauth2-redirect",
-                             "/redoc", "/openapi.json"}
+_ROUTES = UNGUARDED_PATHS | {"/", "/transcribe", "/v1/audio/transcriptions", "/v1/models", "/docs",
+                             "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
 
 
 class ServiceMiddleware:
-    """The outermost layer of the app: the API key, refusals while draining, work in flight and the request
-    metrics. It answers before the body is read, so that a refused request costs no upload and no work.
+    """The outermost layer of the app: the API key (which the page at / does not need to load), refusals while
+    draining, work in flight and the request metrics. It answers before the body is read, so that a refused
+    request costs no upload and no work.
 
     `error_content(path, status, detail, code)` shapes its answers as each API shapes its errors.
     """
@@ -160,7 +161,7 @@ class ServiceMiddleware:
                 await self.app(scope, receive, recorded_send)
                 return
             authorization = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
-            if not key_matches(self.api_key, bearer(authorization)):
+            if not page.serves(path) and not key_matches(self.api_key, bearer(authorization)):
                 metrics.AUTH_FAILURES.labels("http").inc()
                 await self._answer(scope, recorded_send, 401, "a valid API key is required (Authorization: "
                                    "Bearer KEY)", {"www-authenticate": "Bearer"}, code="invalid_api_key")
@@ -191,7 +192,9 @@ class ServiceMiddleware:
             return route.path
         if path in _ROUTES:
             return path
-        return "/v1/models/{model}" if path.startswith("/v1/models/") else "other"
+        if path.startswith("/v1/models/"):
+            return "/v1/models/{model}"
+        return "/page/{name}" if path.startswith("/page/") else "other"
 
     async def _answer(self, scope, send, status: int, detail: str, headers: dict, code: str | None = None) -> None:
         content = self.error_content(scope.get("path", ""), status, detail, code)
@@ -266,10 +269,12 @@ UPLOAD_ERRORS = {
 
 def create_app(engine: Engine, max_upload_bytes: int, body_timeout: float = 30,
                body_min_rate: float = 10_000, lifecycle: Lifecycle | None = None, api_key: str | None = None,
-               max_audio_seconds: float | None = None) -> FastAPI:
+               max_audio_seconds: float | None = None, streaming_port: int = 80,
+               page_websocket_url: str | None = None) -> FastAPI:
     """The app; `body_timeout` (s) and `body_min_rate` (bytes/s) bound the reading of bodies (see
     `BodyGuardMiddleware`); `lifecycle` says whether it takes work (see `ServiceMiddleware`); with `api_key`,
-    requests need it; `max_audio_seconds` bounds the audio's duration (413)."""
+    requests need it; `max_audio_seconds` bounds the audio's duration (413); the page at / streams to
+    `page_websocket_url`, or by default to the websocket mode at `streaming_port` on its own host."""
     lifecycle = lifecycle or Lifecycle()
     metrics.watch_engine(engine)
     from . import openai_api  # imports this module's shared pieces
@@ -292,6 +297,7 @@ def create_app(engine: Engine, max_upload_bytes: int, body_timeout: float = 30,
     app.add_middleware(ServiceMiddleware, lifecycle=lifecycle, api_key=api_key, error_content=error_content)
     app.add_exception_handler(StarletteHTTPException, openai_api.http_error_handler)
     app.include_router(openai_api.router(engine, max_upload_bytes, max_audio_seconds))
+    app.include_router(page.router(streaming_port, page_websocket_url, api_key_required=api_key is not None))
 
     @app.get("/healthcheck", response_class=PlainTextResponse, summary="1 when the model is loaded")
     async def healthcheck() -> str:
@@ -481,7 +487,8 @@ def run(engine: Engine, settings) -> None:
     lifecycle = Lifecycle()
     app = create_app(engine, max_upload_bytes=int(settings.MAX_UPLOAD_MB * 1e6),
                      body_timeout=settings.HTTP_BODY_TIMEOUT, body_min_rate=settings.HTTP_BODY_MIN_RATE,
-                     lifecycle=lifecycle, api_key=settings.API_KEY, max_audio_seconds=settings.MAX_AUDIO_SECONDS)
+                     lifecycle=lifecycle, api_key=settings.API_KEY, max_audio_seconds=settings.MAX_AUDIO_SECONDS,
+                     streaming_port=settings.STREAMING_PORT, page_websocket_url=settings.PAGE_WEBSOCKET_URL)
     # uvicorn's own grace only cancels what the drain left (past SHUTDOWN_GRACE_SECONDS).
     config = uvicorn.Config(app, host="0.0.0.0", port=settings.HTTP_PORT, log_level="info",
                             timeout_graceful_shutdown=1, http=with_header_timeout(settings.HTTP_HEADER_TIMEOUT))

@@ -94,11 +94,16 @@ class Settings(BaseSettings):
     received buys 1/HTTP_BODY_MIN_RATE s more, so a body must have arrived within HTTP_BODY_TIMEOUT +
     size / HTTP_BODY_MIN_RATE seconds (408 past it); 0 turns this rule off."""
 
+    PAGE_WEBSOCKET_URL: str | None = None
+    """The websocket URL that the page at / streams the microphone to, as it first shows it (the user can
+    change it there); unset, `ws://` (`wss://` on an HTTPS page) on the page's own host at STREAMING_PORT,
+    path `/streaming`. Set it when a proxy serves the websocket mode elsewhere."""
+
     MAX_AUDIO_SECONDS: float | None = Field(default=None, gt=0)
     """Longest audio accepted by /transcribe and /v1/audio/transcriptions, in seconds; longer gets 413.
     Checked on the container's stated duration before any decoding when it has one, else on the decoded length."""
     API_KEY: str | None = None
-    """When set, every route but /healthcheck, /ready and /metrics, and every stream, needs
+    """When set, every route but /healthcheck, /ready, /metrics and the page (/, /page/*), and every stream, needs
     `Authorization: Bearer API_KEY` (streams may pass `?api_key=` instead); unset, no key is checked."""
 
     # Operations
@@ -138,7 +143,8 @@ class Settings(BaseSettings):
 
     # Streaming
     STREAMING_PORT: int = Field(default=80, ge=1, le=65535)
-    """Port of the websocket mode."""
+    """Port of the websocket mode; the page at / (HTTP mode) streams to it on its own host unless
+    PAGE_WEBSOCKET_URL says otherwise."""
     STREAMING_MIN_CHUNK_SIZE: float = Field(default=0.5, gt=0)
     """Seconds of new audio gathered before each decode."""
     STREAMING_BUFFER_TRIMMING_SEC: float = Field(default=8, gt=0)
@@ -184,6 +190,13 @@ class Settings(BaseSettings):
             if lowered in ("false", "0", "none", "no"):
                 return None
             return lowered
+        return value
+
+    @field_validator("PAGE_WEBSOCKET_URL")
+    @classmethod
+    def _websocket_url(cls, value):
+        if value is not None and not re.fullmatch(r"wss?://[^\s/?#]+\S*", value):
+            raise ValueError("allowed: a ws:// or wss:// URL")
         return value
 
     @field_validator("DEVICE")
