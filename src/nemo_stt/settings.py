@@ -95,7 +95,8 @@ class Settings(BaseSettings):
     size / HTTP_BODY_MIN_RATE seconds (408 past it); 0 turns this rule off."""
 
     MAX_AUDIO_SECONDS: float | None = Field(default=None, gt=0)
-    """Longest audio accepted by /transcribe and /v1/audio/transcriptions, in seconds; longer gets 413.
+    """Longest audio accepted by /transcribe and /v1/audio/transcriptions, in seconds; longer gets 413 (and
+    fails that file in `nemo-stt transcribe`).
     Checked on the container's stated duration before any decoding when it has one, else on the decoded length."""
     API_KEY: str | None = None
     """When set, every route but /healthcheck, /ready and /metrics, and every stream, needs
