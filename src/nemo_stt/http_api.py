@@ -172,6 +172,16 @@ class ServiceMiddleware:
                 metrics.HTTP_IN_FLIGHT.inc()
                 try:
                     await self.app(scope, receive, recorded_send)
+                except asyncio.CancelledError:
+                    if not self.lifecycle.draining or status[0] is not None:
+                        raise
+                    # Past SHUTDOWN_GRACE_SECONDS uvicorn cancels what is left, and would answer its 500 and log a
+                    # traceback: the client gets a 503 to retry elsewhere instead, and the log one line.
+                    log.warning("%s %s cancelled at shutdown, unfinished after the grace: answered 503",
+                                scope.get("method"), path)
+                    await self._answer(scope, recorded_send, 503, "the server shut down before this request "
+                                       "finished; retry on another instance", {"retry-after": "1",
+                                                                               "connection": "close"})
                 finally:
                     self.lifecycle.in_flight -= 1
                     metrics.HTTP_IN_FLIGHT.dec()
