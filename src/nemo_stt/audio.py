@@ -17,6 +17,17 @@ class AudioDecodeError(ValueError):
     """The input is not audio that can be decoded."""
 
 
+# Containers round their stated duration (MP3 frames, codec delay): a file at the limit is not refused.
+DURATION_TOLERANCE = 0.05
+
+
+def too_long(seconds: float | None, limit: float | None) -> str | None:
+    """Why audio of `seconds` breaks MAX_AUDIO_SECONDS=`limit`, or None when it does not (or either is unknown)."""
+    if seconds is None or limit is None or seconds <= limit + DURATION_TOLERANCE:
+        return None
+    return f"the audio lasts {seconds:.1f} s, longer than the limit of {limit:g} s"
+
+
 def decode_audio(source: AudioSource, sample_rate: int) -> np.ndarray:
     """Decode the first audio stream of `source` to mono float32 at `sample_rate`.
 

@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from . import metrics, page, results
-from .audio import AudioDecodeError, AudioStream, decodes_quickly
+from .audio import AudioDecodeError, AudioStream, decodes_quickly, too_long
 from .engine import Engine, QueueFull
 from .http_protocol import with_header_timeout
 from .lifecycle import Lifecycle, bearer, key_matches
@@ -173,6 +173,16 @@ class ServiceMiddleware:
                 metrics.HTTP_IN_FLIGHT.inc()
                 try:
                     await self.app(scope, receive, recorded_send)
+                except asyncio.CancelledError:
+                    if not self.lifecycle.draining or status[0] is not None:
+                        raise
+                    # Past SHUTDOWN_GRACE_SECONDS uvicorn cancels what is left, and would answer its 500 and log a
+                    # traceback: the client gets a 503 to retry elsewhere instead, and the log one line.
+                    log.warning("%s %s cancelled at shutdown, unfinished after the grace: answered 503",
+                                scope.get("method"), path)
+                    await self._answer(scope, recorded_send, 503, "the server shut down before this request "
+                                       "finished; retry on another instance", {"retry-after": "1",
+                                                                               "connection": "close"})
                 finally:
                     self.lifecycle.in_flight -= 1
                     metrics.HTTP_IN_FLIGHT.dec()
@@ -352,17 +362,16 @@ async def transcribe_upload(engine: Engine, request: Request, file: UploadFile, 
     if file.size == 0:
         raise HTTPException(415, f"{file.filename or 'file'}: the file is empty")
     try:
-        if max_audio_seconds is not None:
-            # The container's header, read before any decoding: a file that says it is too long costs nothing.
-            stated = await _stated_duration(file.file)
-            if stated is not None and stated > max_audio_seconds + _DURATION_TOLERANCE:
-                raise _too_long(stated, max_audio_seconds)
+        # The container's header, read before any decoding: a file that says it is too long costs nothing.
+        if max_audio_seconds is not None and (reason := too_long(await _stated_duration(file.file),
+                                                                  max_audio_seconds)):
+            raise HTTPException(413, reason)
         # The upload is spooled to disk by the form parser; decoding reads it incrementally.
         transcript = await _unless_client_leaves(engine.transcribe_source_async(file.file, language),
                                                  request.receive)
-        if max_audio_seconds is not None and (transcript.duration or 0) > max_audio_seconds + _DURATION_TOLERANCE:
+        if reason := too_long(transcript.duration, max_audio_seconds):
             # A container without a stated duration (a stream of MP3 or Ogg pages): only decoding tells.
-            raise _too_long(transcript.duration, max_audio_seconds)
+            raise HTTPException(413, reason)
         metrics.AUDIO_SECONDS.labels("http").inc(transcript.duration or 0.0)
         return transcript
     except (_ClientLeft, HTTPException):
@@ -374,14 +383,6 @@ async def transcribe_upload(engine: Engine, request: Request, file: UploadFile, 
     except Exception:
         log.exception("transcription failed")
         raise HTTPException(500, "transcription failed; see the server log") from None
-
-
-# Containers round their stated duration (MP3 frames, codec delay): a file at the limit is not refused.
-_DURATION_TOLERANCE = 0.05
-
-
-def _too_long(seconds: float, limit: float) -> HTTPException:
-    return HTTPException(413, f"the audio lasts {seconds:.1f} s, longer than the limit of {limit:g} s")
 
 
 async def _stated_duration(upload) -> float | None:

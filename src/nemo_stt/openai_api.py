@@ -134,7 +134,7 @@ def router(engine: Engine, max_upload_bytes: int, max_audio_seconds: float | Non
         if fields.response_format == "json":
             return JSONResponse({"text": transcript.text})
         if fields.response_format == "verbose_json":
-            return JSONResponse(_verbose(transcript, fields.granularities))
+            return JSONResponse(verbose_json(transcript, fields.granularities))
         return render(transcript, fields.response_format)
 
     return api
@@ -185,8 +185,9 @@ def _read_form(form) -> _Form:
                  granularities=frozenset(granularities or ["segment"]), stream=streamed)
 
 
-def _verbose(transcript: results.Transcript, granularities: frozenset[str]) -> dict:
-    """OpenAI's verbose_json; `segments` and `words` as `timestamp_granularities` ask (segments by default)."""
+def verbose_json(transcript: results.Transcript, granularities: frozenset[str] = frozenset(GRANULARITIES)) -> dict:
+    """OpenAI's verbose_json; `segments` and `words` as `timestamp_granularities` ask (the route's default is
+    segments only; this function's, both, as `nemo-stt transcribe --format verbose_json` writes it)."""
     body = {"task": "transcribe", "language": transcript.language, "duration": round(transcript.duration or 0.0, 3),
             "text": transcript.text}
     if "segment" in granularities:

@@ -100,7 +100,8 @@ class Settings(BaseSettings):
     path `/streaming`. Set it when a proxy serves the websocket mode elsewhere."""
 
     MAX_AUDIO_SECONDS: float | None = Field(default=None, gt=0)
-    """Longest audio accepted by /transcribe and /v1/audio/transcriptions, in seconds; longer gets 413.
+    """Longest audio accepted by /transcribe and /v1/audio/transcriptions, in seconds; longer gets 413 (and
+    fails that file in `nemo-stt transcribe`).
     Checked on the container's stated duration before any decoding when it has one, else on the decoded length."""
     API_KEY: str | None = None
     """When set, every route but /healthcheck, /ready, /metrics and the page (/, /page/*), and every stream, needs
