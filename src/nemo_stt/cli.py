@@ -1,4 +1,4 @@
-"""The `nemo-stt` command: `serve` starts the mode named by SERVICE_MODE, `transcribe` prints transcripts."""
+"""The `nemo-stt` command: `serve` starts the mode(s) named by SERVICE_MODE, `transcribe` prints transcripts."""
 
 import argparse
 import json
@@ -12,6 +12,13 @@ from .settings import Settings, SettingsError, load_settings
 
 
 def serve(settings: Settings) -> None:
+    if len(settings.modes) > 1:  # http and websocket: settings refuse task with another mode
+        import asyncio
+
+        from .combined import run as run_modes
+
+        asyncio.run(run_modes(load_engine(settings, warm_up=False), settings))  # warms up what the modes use
+        return
     if settings.SERVICE_MODE == "task":
         from .task_worker import run_worker
 
@@ -61,7 +68,7 @@ def _progress_bar(label: str):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nemo-stt", description="Speech-to-text server on NeMo ASR models.")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("serve", help="start the mode named by SERVICE_MODE (configured by environment variables)")
+    commands.add_parser("serve", help="start the mode(s) named by SERVICE_MODE (configured by environment variables)")
     transcribe = commands.add_parser("transcribe", help="transcribe audio files and print the text")
     transcribe.add_argument("files", nargs="+", metavar="FILE")
     transcribe.add_argument("--json", action="store_true", help="print the JSON of POST /transcribe, one per line")
