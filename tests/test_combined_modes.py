@@ -1,6 +1,7 @@
 """SERVICE_MODE=http,websocket: both front ends in one `nemo-stt serve` process, on one engine and one model."""
 
 import asyncio
+import os
 import signal
 import socket
 import subprocess
@@ -103,6 +104,21 @@ def test_sigterm_drains_a_request_and_a_stream_in_flight_then_exits_0(server, fi
     assert wer(fixture_texts["anna_bread.wav"], answer["response"].json()["text"]) <= OWN_TEXT_MAX_WER
     assert server.process.wait(20) == 0
     assert "drained: every request and stream in flight ended" in server.output()
+
+
+def test_a_taken_streaming_port_stops_start_up_with_one_line():
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {"SERVICE_MODE": "http,websocket", "HTTP_PORT": str(free_port()), "STREAMING_PORT": str(port),
+               "DEVICE": "cpu", "NUM_THREADS": "1"}
+        completed = subprocess.run([sys.executable, "-m", "nemo_stt", "serve"], env={**os.environ, **env},
+                                   capture_output=True, text=True, timeout=180)
+    assert completed.returncode == 1
+    assert completed.stderr.strip().splitlines()[-1] == f"error: cannot listen on STREAMING_PORT={port}: error " \
+        f"while attempting to bind on address ('0.0.0.0', {port}): address already in use"
+    assert "Traceback" not in completed.stderr
 
 
 def _rss_bytes(pid: int) -> int:

@@ -7,6 +7,7 @@ import os
 import sys
 
 from .allocator import jemalloc_loaded, relaunch_on_jemalloc
+from .lifecycle import CannotListen
 from .service import load_engine
 from .settings import Settings, SettingsError, load_settings
 
@@ -98,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     except ModelLoadError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except CannotListen as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1  # as uvicorn exits when HTTP_PORT cannot be bound
 
 
 if __name__ == "__main__":

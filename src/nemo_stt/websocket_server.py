@@ -28,7 +28,7 @@ from websockets.exceptions import ConnectionClosed
 from . import metrics
 from .audio import pcm16_to_float
 from .engine import Engine, Segment, Stream, StreamingParams
-from .lifecycle import Lifecycle, bearer, key_matches
+from .lifecycle import CannotListen, Lifecycle, bearer, key_matches
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -330,10 +330,18 @@ async def listen(server: StreamingServer, settings: Settings):
     # No keepalive pings from the server: STREAMING_IDLE_TIMEOUT closes silent connections, and the pong of a
     # client under back-pressure waits behind its own audio in the socket, so pings would close a client
     # for sending fast.
-    async with serve(server.handle, "0.0.0.0", settings.STREAMING_PORT, max_size=MAX_FRAME_BYTES,
-                     max_queue=MAX_QUEUED_FRAMES, ping_interval=None) as listener:
+    listening = serve(server.handle, "0.0.0.0", settings.STREAMING_PORT, max_size=MAX_FRAME_BYTES,
+                      max_queue=MAX_QUEUED_FRAMES, ping_interval=None)
+    try:
+        listener = await listening.__aenter__()
+    except OSError as error:
+        raise CannotListen(f"cannot listen on STREAMING_PORT={settings.STREAMING_PORT}: "
+                           f"{error.strerror or error}") from None
+    try:
         log.info("streaming on port %d", settings.STREAMING_PORT)
         yield listener
+    finally:
+        await listening.__aexit__(None, None, None)
 
 
 async def run(engine: Engine, settings: Settings) -> None:
