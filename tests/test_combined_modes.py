@@ -102,7 +102,7 @@ def test_sigterm_drains_a_request_and_a_stream_in_flight_then_exits_0(server, fi
     request.join(30)
     assert answer["response"].status_code == 200, answer["response"].text
     assert wer(fixture_texts["anna_bread.wav"], answer["response"].json()["text"]) <= OWN_TEXT_MAX_WER
-    assert server.process.wait(20) == 0
+    assert server.process.wait(60) == 0  # the interpreter's exit (torch, NeMo) is slow on a loaded machine
     assert "drained: every request and stream in flight ended" in server.output()
 
 
@@ -114,7 +114,7 @@ def test_a_taken_streaming_port_stops_start_up_with_one_line():
         env = {"SERVICE_MODE": "http,websocket", "HTTP_PORT": str(free_port()), "STREAMING_PORT": str(port),
                "DEVICE": "cpu", "NUM_THREADS": "1"}
         completed = subprocess.run([sys.executable, "-m", "nemo_stt", "serve"], env={**os.environ, **env},
-                                   capture_output=True, text=True, timeout=180)
+                                   capture_output=True, text=True, timeout=300)
     assert completed.returncode == 1
     assert completed.stderr.strip().splitlines()[-1] == f"error: cannot listen on STREAMING_PORT={port}: error " \
         f"while attempting to bind on address ('0.0.0.0', {port}): address already in use"
@@ -133,7 +133,7 @@ def test_the_combined_process_holds_the_model_once(tmp_path_factory):
     # demo model (a few MB) would not.
     model = tmp_path_factory.mktemp("model") / "medium.nemo"
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "make_benchmark_model.py"), "--out", str(model)],
-                   check=True, capture_output=True, timeout=300)
+                   check=True, capture_output=True, timeout=600)
     weights = model.stat().st_size
     env = {"MODEL": str(model), "NUM_THREADS": "2", "VAD": "false"}
     rss = {}
