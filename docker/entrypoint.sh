@@ -7,8 +7,9 @@
 #   USER_ID or GROUP_ID is given. HOME points at the folder above it; an XDG_CACHE_HOME or HF_HOME that the
 #   user sets stands.
 # - Started as a user other than root (Kubernetes' runAsUser), it cannot switch: it runs as that user.
-# - SERVICE_MODE picks the port: HTTP_PORT (http) or STREAMING_PORT (websocket). A port below the kernel's
-#   unprivileged range is bound with CAP_NET_BIND_SERVICE kept for the service, and no other capability.
+# - SERVICE_MODE picks the ports: HTTP_PORT (http) and/or STREAMING_PORT (websocket; `http,websocket` has
+#   both). A port below the kernel's unprivileged range is bound with CAP_NET_BIND_SERVICE kept for the
+#   service, and no other capability.
 #   In task mode, a missing SHARED_FOLDER is reported.
 # - MODEL, a Hugging Face id or a mounted .nemo file, is passed on; a file the service user cannot read stops
 #   the start here, with the reason.
@@ -27,20 +28,23 @@ esac
 
 is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
 
-port=
+ports=()
 if [[ $1 == serve ]]; then
-  # As settings.py reads it: empty means the default, case and surrounding spaces do not matter.
-  mode=$(echo "${SERVICE_MODE:-http}" | tr '[:upper:]' '[:lower:]' | tr -d '[:space:]')
-  case "$mode" in
-    http) port=${HTTP_PORT:-80} ;;
-    websocket) port=${STREAMING_PORT:-80} ;;
-    task)
-      shared=${SHARED_FOLDER:-/opt/audio}
-      [[ -d $shared ]] ||
-        log "warning: SHARED_FOLDER=$shared does not exist: mount the folder that holds the tasks' audio there"
-      ;;
-    *) ;;  # nemo-stt names the allowed modes
-  esac
+  # As settings.py reads it: empty means the default, case and spaces do not matter, modes are comma-separated.
+  modes=$(echo "${SERVICE_MODE:-http}" | tr '[:upper:]' '[:lower:]' | tr -d '[:space:]')
+  IFS=, read -ra modes <<<"$modes"
+  for mode in "${modes[@]}"; do
+    case "$mode" in
+      http) ports+=("${HTTP_PORT:-80}") ;;
+      websocket) ports+=("${STREAMING_PORT:-80}") ;;
+      task)
+        shared=${SHARED_FOLDER:-/opt/audio}
+        [[ -d $shared ]] ||
+          log "warning: SHARED_FOLDER=$shared does not exist: mount the folder that holds the tasks' audio there"
+        ;;
+      *) ;;  # nemo-stt names the allowed modes
+    esac
+  done
 fi
 
 # LinTO-STT-NeMo's rule: the cache moves to /home/appuser when an id is given, whether or not the id already has a user.
@@ -119,15 +123,18 @@ if [[ -n ${MODEL:-} && -e $MODEL ]] && ! as_service test -r "$MODEL"; then
 fi
 
 caps=()
-if [[ -n $port && $uid != 0 ]] && is_uint "$port"; then
+if [[ $uid != 0 ]]; then
   unprivileged_from=$(cat /proc/sys/net/ipv4/ip_unprivileged_port_start 2>/dev/null || echo 1024)
-  if (( port < unprivileged_from )); then
+  for port in "${ports[@]}"; do
+    if ! is_uint "$port" || (( port >= unprivileged_from )); then
+      continue
+    fi
     if [[ $(id -u) == 0 ]] && can_keep_bind_cap; then
       caps=(--inh-caps=+net_bind_service --ambient-caps=+net_bind_service)
     else
       log "warning: port $port is below $unprivileged_from and uid $uid may not bind it: set HTTP_PORT or STREAMING_PORT to $unprivileged_from or above"
     fi
-  fi
+  done
 fi
 
 if [[ $(id -u) == 0 && $uid != 0 ]]; then

@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""Health check of a nemo-stt container, for the mode named by SERVICE_MODE: exit 0 when healthy, 1 when not.
+"""Health check of a nemo-stt container, for the modes named by SERVICE_MODE: exit 0 when healthy, 1 when not.
+With several modes in one process (`http,websocket`), every one of them is checked, and the first that fails
+makes the container unhealthy.
 
 - http: `GET /healthcheck` on HTTP_PORT answers 200 with `1`. The server listens only once the model is loaded
   and warmed up, so this says the service can transcribe.
@@ -153,17 +155,19 @@ def main() -> int:
     except SettingsError as error:
         print(error, file=sys.stderr)
         return 1
-    try:
-        if settings.SERVICE_MODE == "http":
-            message = check_http(settings.HTTP_PORT)
-        elif settings.SERVICE_MODE == "websocket":
-            message = check_websocket(settings.STREAMING_PORT)
-        else:
-            message = check_task(settings.SERVICES_BROKER)
-    except Unhealthy as problem:
-        print(f"unhealthy ({settings.SERVICE_MODE}): {problem}", file=sys.stderr)
-        return 1
-    print(f"healthy ({settings.SERVICE_MODE}): {message}")
+    checks = {
+        "http": lambda: check_http(settings.HTTP_PORT),
+        "websocket": lambda: check_websocket(settings.STREAMING_PORT),
+        "task": lambda: check_task(settings.SERVICES_BROKER),
+    }
+    messages = []
+    for mode in settings.modes:
+        try:
+            messages.append(checks[mode]())
+        except Unhealthy as problem:
+            print(f"unhealthy ({mode}): {problem}", file=sys.stderr)
+            return 1
+    print(f"healthy ({settings.SERVICE_MODE}): {'; '.join(messages)}")
     return 0
 
 

@@ -370,7 +370,10 @@ def test_entrypoint_warns_of_a_cache_mounted_where_user_id_no_longer_looks(entry
     ({"SERVICE_MODE": "websocket", "STREAMING_PORT": "8080", "HTTP_PORT": "80"}, NO_CAPABILITIES),
     ({"SERVICE_MODE": " WebSocket ", "STREAMING_PORT": "80"}, BIND_CAPABILITY),
     ({"SERVICE_MODE": "task", "HTTP_PORT": "80", "STREAMING_PORT": "80"}, NO_CAPABILITIES),
-], ids=["http-80", "http-default", "http-8080", "websocket-80", "websocket-8080", "websocket-case", "task"])
+    ({"SERVICE_MODE": "http,websocket", "HTTP_PORT": "8080", "STREAMING_PORT": "80"}, BIND_CAPABILITY),
+    ({"SERVICE_MODE": "WebSocket, http", "HTTP_PORT": "8080", "STREAMING_PORT": "8081"}, NO_CAPABILITIES),
+], ids=["http-80", "http-default", "http-8080", "websocket-80", "websocket-8080", "websocket-case", "task",
+        "combined-80", "combined-8080"])
 def test_entrypoint_keeps_the_bind_capability_for_its_modes_low_port_only(entrypoint, variables, capabilities):
     # A new network namespace admits unprivileged binds from port 1024 only (Docker's lowers that to 0).
     run = entrypoint(**variables)
@@ -499,6 +502,30 @@ def test_healthcheck_http_without_a_server():
     result = run_healthcheck(HTTP_PORT=str(_free_port()))  # SERVICE_MODE defaults to http
     assert result.returncode == 1
     assert "unhealthy (http)" in result.stderr
+
+
+def test_healthcheck_checks_every_mode_of_a_combined_process(http_server):
+    port, _ = http_server
+    with socket.socket() as listener:  # a websocket port: accepts connections and closes them
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+
+        def close_each():
+            while True:
+                try:
+                    listener.accept()[0].close()
+                except OSError:
+                    return
+
+        threading.Thread(target=close_each, daemon=True).start()
+        result = run_healthcheck(SERVICE_MODE="http,websocket", HTTP_PORT=str(port),
+                                 STREAMING_PORT=str(listener.getsockname()[1]))
+        listener.shutdown(socket.SHUT_RDWR)  # wakes the accept
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("healthy (http,websocket): GET ")
+    result = run_healthcheck(SERVICE_MODE="http,websocket", HTTP_PORT=str(port), STREAMING_PORT=str(_free_port()))
+    assert result.returncode == 1
+    assert "unhealthy (websocket)" in result.stderr
 
 
 def test_healthcheck_fails_on_invalid_settings():

@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -122,3 +123,48 @@ def test_the_cli_stops_with_one_line_on_an_invalid_value():
     assert completed.returncode == 2
     assert completed.stderr.strip() == "invalid NUM_THREADS='many': Input should be a valid integer, unable to parse " \
                                        "string as an integer"
+
+
+@pytest.mark.parametrize(("raw", "canonical"), [
+    ("http", "http"), (" WebSocket ", "websocket"), ("websocket, http", "http,websocket"),
+    ("http,websocket,http", "http,websocket"),
+])
+def test_service_mode_has_one_spelling_per_set_of_modes(monkeypatch, raw, canonical):
+    monkeypatch.setenv("SERVICE_MODE", raw)
+    monkeypatch.setenv("HTTP_PORT", "8080")
+    settings = load_settings()
+    assert canonical == settings.SERVICE_MODE
+    assert settings.modes == tuple(canonical.split(","))
+
+
+@pytest.mark.parametrize(("variables", "name", "hint"), [
+    ({"SERVICE_MODE": "http,task", "HTTP_PORT": "8080"}, "SERVICE_MODE", "the Celery worker takes the main thread"),
+    ({"SERVICE_MODE": "task,websocket"}, "SERVICE_MODE", "task runs alone"),
+    ({"SERVICE_MODE": "http,grpc"}, "SERVICE_MODE", "unknown mode 'grpc'"),
+    ({"SERVICE_MODE": "http,,websocket", "HTTP_PORT": "8080"}, "SERVICE_MODE", "an empty mode name"),
+    ({"SERVICE_MODE": "http,websocket"}, "STREAMING_PORT", "the same port as HTTP_PORT"),  # both 80 by default
+    ({"SERVICE_MODE": "websocket,http", "HTTP_PORT": "9000", "STREAMING_PORT": "9000"}, "STREAMING_PORT",
+     "each mode needs its own port"),
+], ids=["http-task", "task-websocket", "unknown", "empty", "default-ports", "same-ports"])
+def test_invalid_combinations_of_modes_are_refused_in_one_line(monkeypatch, variables, name, hint):
+    for key, value in variables.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(SettingsError) as error:
+        load_settings()
+    message = str(error.value)
+    assert len(message.splitlines()) == 1
+    assert message.startswith(f"invalid {name}=") and hint in message, message
+
+
+def test_the_same_port_is_fine_for_one_mode(monkeypatch):
+    monkeypatch.setenv("SERVICE_MODE", "websocket")
+    assert load_settings().STREAMING_PORT == load_settings().HTTP_PORT == 80
+
+
+def test_the_cli_refuses_task_with_another_mode_with_exit_2_and_one_line():
+    env = {"SERVICE_MODE": "task,http", "PATH": "/usr/bin:/bin", "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
+    completed = subprocess.run([sys.executable, "-m", "nemo_stt", "serve"], env=env, capture_output=True,
+                               text=True, timeout=60)
+    assert completed.returncode == 2
+    assert len(completed.stderr.strip().splitlines()) == 1
+    assert completed.stderr.startswith("invalid SERVICE_MODE='task,http': task runs alone"), completed.stderr

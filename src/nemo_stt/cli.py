@@ -1,4 +1,4 @@
-"""The `nemo-stt` command: `serve` starts the mode named by SERVICE_MODE, `transcribe` transcribes files."""
+"""The `nemo-stt` command: `serve` starts the mode(s) named by SERVICE_MODE, `transcribe` transcribes files."""
 
 import argparse
 import json
@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .allocator import jemalloc_loaded, relaunch_on_jemalloc
+from .lifecycle import CannotListen
 from .service import load_engine
 from .settings import Settings, SettingsError, load_settings
 
@@ -16,6 +17,13 @@ EXTENSIONS = {"text": ".txt", "json": ".json", "srt": ".srt", "vtt": ".vtt", "ve
 
 
 def serve(settings: Settings) -> None:
+    if len(settings.modes) > 1:  # http and websocket: settings refuse task with another mode
+        import asyncio
+
+        from .combined import run as run_modes
+
+        asyncio.run(run_modes(load_engine(settings, warm_up=False), settings))  # warms up what the modes use
+        return
     if settings.SERVICE_MODE == "task":
         from .task_worker import run_worker
 
@@ -184,7 +192,7 @@ class ProgressBar:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nemo-stt", description="Speech-to-text server on NeMo ASR models.")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("serve", help="start the mode named by SERVICE_MODE (configured by environment variables)")
+    commands.add_parser("serve", help="start the mode(s) named by SERVICE_MODE (configured by environment variables)")
     transcribe = commands.add_parser(
         "transcribe", help="transcribe audio files: print the transcripts, or write one file per input",
         description="Transcribe audio files with the model the environment names (or --model). Exits 1 when a "
@@ -238,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C: the files done so far are written; no traceback
         print("\ninterrupted", file=sys.stderr)
         return 130
+    except CannotListen as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1  # as uvicorn exits when HTTP_PORT cannot be bound
 
 
 if __name__ == "__main__":

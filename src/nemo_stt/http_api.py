@@ -485,7 +485,13 @@ def _version() -> str:
 
 def run(engine: Engine, settings) -> None:
     """Serve the app until SIGTERM or SIGINT has drained it (see `DrainingServer`)."""
-    lifecycle = Lifecycle()
+    draining_server(engine, settings, Lifecycle()).run()
+
+
+def draining_server(engine: Engine, settings, lifecycle: Lifecycle,
+                    streams_in_flight: Callable[[], int] | None = None) -> "DrainingServer":
+    """The HTTP mode's server as the settings say, its app taking work while `lifecycle` does; with
+    `streams_in_flight`, its drain also waits for the streams of a websocket mode in the same process."""
     app = create_app(engine, max_upload_bytes=int(settings.MAX_UPLOAD_MB * 1e6),
                      body_timeout=settings.HTTP_BODY_TIMEOUT, body_min_rate=settings.HTTP_BODY_MIN_RATE,
                      lifecycle=lifecycle, api_key=settings.API_KEY, max_audio_seconds=settings.MAX_AUDIO_SECONDS,
@@ -493,7 +499,7 @@ def run(engine: Engine, settings) -> None:
     # uvicorn's own grace only cancels what the drain left (past SHUTDOWN_GRACE_SECONDS).
     config = uvicorn.Config(app, host="0.0.0.0", port=settings.HTTP_PORT, log_level="info",
                             timeout_graceful_shutdown=1, http=with_header_timeout(settings.HTTP_HEADER_TIMEOUT))
-    DrainingServer(config, lifecycle, settings.SHUTDOWN_GRACE_SECONDS).run()
+    return DrainingServer(config, lifecycle, settings.SHUTDOWN_GRACE_SECONDS, streams_in_flight)
 
 
 class DrainingServer(uvicorn.Server):
@@ -503,13 +509,16 @@ class DrainingServer(uvicorn.Server):
     re-raises the signal once done, so the process dies of it (exit code 143). Here the first SIGTERM or
     SIGINT sets the lifecycle draining (/ready 503, new requests 503) and waits until the requests in flight
     are answered, at most `grace` seconds; then uvicorn shuts down, cancelling what is left, and the process
-    exits 0. A second signal stops at once.
+    exits 0. A second signal stops at once. With `streams_in_flight` (a websocket mode in the same process,
+    sharing the lifecycle), the drain waits for those streams too.
     """
 
-    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle, grace: float):
+    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle, grace: float,
+                 streams_in_flight: Callable[[], int] | None = None):
         super().__init__(config)
         self.lifecycle = lifecycle
         self.grace = grace
+        self.streams_in_flight = streams_in_flight
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drain: asyncio.Task | None = None
 
@@ -527,13 +536,22 @@ class DrainingServer(uvicorn.Server):
     async def _drain_then_exit(self, sig: int) -> None:
         loop = asyncio.get_running_loop()
         lifecycle = self.lifecycle
-        log.info("signal %d: draining, %d request(s) in flight, %g s of grace", sig, lifecycle.in_flight, self.grace)
+        streams = self.streams_in_flight or (lambda: 0)
+        if self.streams_in_flight is None:
+            log.info("signal %d: draining, %d request(s) in flight, %g s of grace", sig, lifecycle.in_flight,
+                     self.grace)
+        else:
+            log.info("signal %d: draining, %d request(s) and %d stream(s) in flight, %g s of grace", sig,
+                     lifecycle.in_flight, streams(), self.grace)
         deadline = loop.time() + self.grace
-        while lifecycle.in_flight and loop.time() < deadline:
+        while (lifecycle.in_flight or streams()) and loop.time() < deadline:
             await asyncio.sleep(0.05)
         if lifecycle.in_flight:
             log.warning("shutdown grace of %g s over: cancelling %d request(s) in flight", self.grace,
                         lifecycle.in_flight)
-        else:
-            log.info("drained: every request in flight was answered")
+        if streams():
+            log.warning("shutdown grace of %g s over: closing %d stream(s) in flight (1001)", self.grace, streams())
+        if not lifecycle.in_flight and not streams():
+            log.info("drained: every request in flight was answered" if self.streams_in_flight is None
+                     else "drained: every request and stream in flight ended")
         self.should_exit = True

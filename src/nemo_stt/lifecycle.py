@@ -3,6 +3,10 @@
 import hmac
 
 
+class CannotListen(Exception):
+    """A front end's port cannot be bound (taken, or privileged): start-up stops with this one line."""
+
+
 class Lifecycle:
     """Whether the service takes new work, and how much work is in flight.
 

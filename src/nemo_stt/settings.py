@@ -8,11 +8,13 @@ one line per variable naming it, the value and what is allowed.
 import re
 from typing import Literal
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Architecture = Literal["ctc_bpe", "rnnt_bpe", "hybrid_bpe", "hybrid_bpe_ctc", "hybrid_bpe_rnnt"]
 VadMethod = Literal["auditok", "silero"]
+# The modes of SERVICE_MODE, in the order its canonical spelling lists them.
+MODES = ("http", "websocket", "task")
 
 
 class SettingsError(ValueError):
@@ -24,8 +26,9 @@ class Settings(BaseSettings):
                                       populate_by_name=True, use_attribute_docstrings=True)
 
     # Common
-    SERVICE_MODE: Literal["http", "task", "websocket"] = "http"
-    """Which front end `nemo-stt serve` starts."""
+    SERVICE_MODE: str = "http"
+    """Which front end `nemo-stt serve` starts: `http`, `task` or `websocket`, or `http,websocket` (both in one
+    process, sharing one engine and model, each on its own port). Read as `modes`."""
     MODEL: str | None = None
     """A Hugging Face id or a path to a `.nemo` file; unset means the embedded demo model."""
     ARCHITECTURE: Architecture | None = None
@@ -143,9 +146,9 @@ class Settings(BaseSettings):
     """Redis broker: seconds before a task taken by a worker that died is given to another one."""
 
     # Streaming
-    STREAMING_PORT: int = Field(default=80, ge=1, le=65535)
-    """Port of the websocket mode; the page at / (HTTP mode) streams to it on its own host unless
-    PAGE_WEBSOCKET_URL says otherwise."""
+    STREAMING_PORT: int = Field(default=80, ge=1, le=65535, validate_default=True)
+    """Port of the websocket mode (with http in SERVICE_MODE too, another port than HTTP_PORT); the page at /
+    (HTTP mode) streams to it on its own host unless PAGE_WEBSOCKET_URL says otherwise."""
     STREAMING_MIN_CHUNK_SIZE: float = Field(default=0.5, gt=0)
     """Seconds of new audio gathered before each decode."""
     STREAMING_BUFFER_TRIMMING_SEC: float = Field(default=8, gt=0)
@@ -212,6 +215,39 @@ class Settings(BaseSettings):
     def _lowercase(cls, value):
         return value.strip().lower() if isinstance(value, str) else value
 
+    @field_validator("SERVICE_MODE")
+    @classmethod
+    def _modes(cls, value: str) -> str:
+        """One canonical spelling: the modes in MODES' order, without spaces or repeats ("websocket, http,http"
+        is "http,websocket"), so that a single mode is the same string as before."""
+        names = [name.strip() for name in value.split(",")]
+        unknown = [name for name in names if name not in MODES]
+        if unknown:
+            what = f"unknown mode {unknown[0]!r}" if unknown[0] else "an empty mode name"
+            raise ValueError(f"{what}; allowed: http, task, websocket, or http,websocket "
+                             "(several modes separated by commas)")
+        modes = [mode for mode in MODES if mode in names]
+        if "task" in modes and len(modes) > 1:
+            # Celery's worker takes over the process: it installs its own signal handlers (warm and cold
+            # shutdown), which Python lets only the main thread do, and runs its own pool and main loop.
+            raise ValueError("task runs alone: the Celery worker takes the main thread and the process's "
+                             "signal handling; run it as its own process beside the http/websocket one")
+        return ",".join(modes)
+
+    @field_validator("STREAMING_PORT")
+    @classmethod
+    def _own_port(cls, value: int, info: ValidationInfo) -> int:
+        modes = info.data.get("SERVICE_MODE", "").split(",")
+        if "http" in modes and "websocket" in modes and value == info.data.get("HTTP_PORT"):
+            raise ValueError("the same port as HTTP_PORT: with SERVICE_MODE=http,websocket each mode needs its "
+                             "own port (set STREAMING_PORT or HTTP_PORT)")
+        return value
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        """The modes `serve` runs, in MODES' order."""
+        return tuple(self.SERVICE_MODE.split(","))
+
 
 def load_settings(**overrides) -> Settings:
     """Read the environment (and explicit overrides); raise SettingsError with one line per bad variable."""
@@ -221,6 +257,6 @@ def load_settings(**overrides) -> Settings:
         lines = []
         for problem in error.errors():
             name = str(problem["loc"][0]) if problem["loc"] else "?"
-            allowed = problem["msg"]
+            allowed = problem["msg"].removeprefix("Value error, ")  # pydantic's prefix to our own messages
             lines.append(f"invalid {name}={problem.get('input')!r}: {allowed}")
         raise SettingsError("\n".join(lines)) from None

@@ -14,6 +14,7 @@ Bad input closes that connection with a code and a reason, and frees its state.
 """
 
 import asyncio
+import contextlib
 import json
 import logging
 import signal
@@ -27,7 +28,7 @@ from websockets.exceptions import ConnectionClosed
 from . import metrics
 from .audio import pcm16_to_float
 from .engine import Engine, Segment, Stream, StreamingParams
-from .lifecycle import Lifecycle, bearer, key_matches
+from .lifecycle import CannotListen, Lifecycle, bearer, key_matches
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,8 @@ class StreamingServer:
         self.active = 0
         self.in_flight = 0
         self._place_freed = asyncio.Condition()
-        log.info("streaming engine: %s", engine.start_streaming(self.params))
+        self.streaming_engine = engine.start_streaming(self.params)  # "cache-aware" or "buffered"
+        log.info("streaming engine: %s", self.streaming_engine)
 
     async def handle(self, connection: ServerConnection) -> None:
         if not self._authorized(connection):
@@ -321,6 +323,27 @@ class _Sender:
                                                "end": round(segment.end, 3), "words": words}))
 
 
+@contextlib.asynccontextmanager
+async def listen(server: StreamingServer, settings: Settings):
+    """`server` listening on STREAMING_PORT; leaving the context closes the listening socket and the
+    connections left (1001)."""
+    # No keepalive pings from the server: STREAMING_IDLE_TIMEOUT closes silent connections, and the pong of a
+    # client under back-pressure waits behind its own audio in the socket, so pings would close a client
+    # for sending fast.
+    listening = serve(server.handle, "0.0.0.0", settings.STREAMING_PORT, max_size=MAX_FRAME_BYTES,
+                      max_queue=MAX_QUEUED_FRAMES, ping_interval=None)
+    try:
+        listener = await listening.__aenter__()
+    except OSError as error:
+        raise CannotListen(f"cannot listen on STREAMING_PORT={settings.STREAMING_PORT}: "
+                           f"{error.strerror or error}") from None
+    try:
+        log.info("streaming on port %d", settings.STREAMING_PORT)
+        yield listener
+    finally:
+        await listening.__aexit__(None, None, None)
+
+
 async def run(engine: Engine, settings: Settings) -> None:
     """Serve streams until SIGTERM or SIGINT; then drain: new connections get 1013 while the streams in flight
     go on to their end (their last final and a 1000 close), for at most SHUTDOWN_GRACE_SECONDS; the streams
@@ -337,12 +360,7 @@ async def run(engine: Engine, settings: Settings) -> None:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal)
-    # No keepalive pings from the server: STREAMING_IDLE_TIMEOUT closes silent connections, and the pong of a
-    # client under back-pressure waits behind its own audio in the socket, so pings would close a client
-    # for sending fast.
-    async with serve(server.handle, "0.0.0.0", settings.STREAMING_PORT, max_size=MAX_FRAME_BYTES,
-                     max_queue=MAX_QUEUED_FRAMES, ping_interval=None):
-        log.info("streaming on port %d", settings.STREAMING_PORT)
+    async with listen(server, settings):
         await stop.wait()
         lifecycle.draining = True
         grace = settings.SHUTDOWN_GRACE_SECONDS
