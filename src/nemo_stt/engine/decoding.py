@@ -31,6 +31,16 @@ def model_family(model) -> ModelFamily:
     raise ModelLoadError(f"{type(model).__name__} is not a CTC, RNNT/TDT or hybrid ASR model")
 
 
+def family_name(model) -> str:
+    """The model family as people name it, for the start-up log: CTC, RNNT, TDT, hybrid RNNT+CTC or TDT+CTC."""
+    family = model_family(model)
+    if family == "ctc":
+        return "CTC"
+    # TDT models are RNNT-class models whose decoding config carries durations.
+    transducer = "TDT" if model.cfg.decoding.get("model_type") == "tdt" else "RNNT"
+    return f"hybrid {transducer}+CTC" if family == "hybrid" else transducer
+
+
 def select_decoder(model, architecture: str | None) -> DecoderKind:
     """The decoder that ARCHITECTURE asks for; unset means the model's own default (RNNT for hybrids)."""
     family = model_family(model)

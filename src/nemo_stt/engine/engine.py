@@ -22,7 +22,7 @@ from .admission import Admission, Ticket
 from .batcher import Batcher, BatchPolicy
 from .buffered_stream import BufferedStream
 from .cache_aware_stream import CacheAwareStream, CacheAwareStreamer, supports_cache_aware_streaming
-from .decoding import configure_decoding, model_family, select_decoder
+from .decoding import configure_decoding, family_name, model_family, select_decoder
 from .long_audio import iter_windows, owned_words
 from .memory import release_free_memory
 from .model_loading import (
@@ -102,10 +102,11 @@ class Engine:
         # thread that does keeps an OpenMP pool (see `on_passing_thread`); auditok holds the interpreter lock.
         self._preparing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare")
         policy = config.batching
-        log.info("model ready: %s (%s, %s decoding) on %s; %d inference loop(s) x %d thread(s), batches of up to "
-                 "%d items / %g s, VAD %s, %s attention", config.model or "demo model", type(self.model).__name__,
-                 self.decoder, self.device, policy.workers, torch.get_num_threads(), policy.max_batch_items,
-                 policy.max_batch_seconds, config.vad.method if config.vad else "off",
+        log.info("model ready: %s (%s: %s, %s decoding) on %s; %d inference loop(s) x %d thread(s), batches of "
+                 "up to %d items / %g s, VAD %s, %s attention", config.model or "demo model",
+                 type(self.model).__name__, family_name(self.model), self.decoder, self.device, policy.workers,
+                 torch.get_num_threads(), policy.max_batch_items, policy.max_batch_seconds,
+                 config.vad.method if config.vad else "off",
                  (f"local above {LOCAL_ATTENTION_ABOVE:g} s" if self._attention_by_length else "local")
                  if self.local_attention else "model's own")
 
