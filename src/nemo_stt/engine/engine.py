@@ -114,8 +114,8 @@ class Engine:
                  (f"local above {LOCAL_ATTENTION_ABOVE:g} s" if self._attention_by_length else "local")
                  if self.local_attention else "model's own")
         if self.device.type == "cuda":
-            log.info("on %s: %s; CUDA-graph greedy decoding (RNNT/TDT)", self.device,
-                     self.transcriber.device_path.describe())
+            log.info("on %s: %s%s", self.device, self.transcriber.device_path.describe(),
+                     "; CUDA-graph greedy decoding" if self.decoder == "rnnt" else "")
 
     def _load(self) -> None:
         """The model, its decoding and the VAD (torch work: see `on_passing_thread`)."""
