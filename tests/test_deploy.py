@@ -163,8 +163,12 @@ def test_build_context_holds_what_the_dockerfiles_copy():
     assert _dockerignore_includes("src/nemo_stt/assets/demo-en-fastconformer.nemo", patterns)
 
 
-def test_entrypoint_is_shellcheck_clean():
-    result = subprocess.run([tool("shellcheck"), "--severity=style", str(DOCKER / "entrypoint.sh")],
+SHELL_SCRIPTS = [DOCKER / "entrypoint.sh", *sorted((ROOT / "benchmarks").glob("*.sh"))]
+
+
+@pytest.mark.parametrize("script", SHELL_SCRIPTS, ids=lambda path: path.name)
+def test_shell_scripts_are_shellcheck_clean(script):
+    result = subprocess.run([tool("shellcheck"), "--severity=style", str(script)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
 

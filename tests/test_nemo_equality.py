@@ -1,7 +1,13 @@
 """The engine gives what NeMo's own `transcribe()` gives, for the demo model and for small replicas of
-each model family."""
+each model family.
+
+NEMO_STT_TEST_DEVICE (default `cpu`) runs NeMo and the engine on another device, e.g. `cuda`
+(benchmarks/gpu_check.sh). NeMo's transcribe() runs in fp32, so the engine's encoder does too here
+(GPU_AUTOCAST=off); its bf16 autocast is checked against the demo model's known texts instead.
+"""
 
 import json
+import os
 import sys
 
 import numpy as np
@@ -12,21 +18,49 @@ from nemo_stt.audio import decode_audio
 from nemo_stt.engine import Engine, EngineConfig, demo_model_path
 
 from . import tiny_models
-from .conftest import FIXTURES, REPO
+from .conftest import FIXTURES, OWN_TEXT_MAX_WER, REPO, wer
 
 FILES = ["anna_bread.wav", "pilot_train.wav", "old_house.flac"]
+DEVICE = os.environ.get("NEMO_STT_TEST_DEVICE", "cpu")
 
 
-def test_the_demo_model_transcribes_with_nemos_own_api_as_the_engine_does(demo_engine):
+def engine_on_device(**options) -> Engine:
+    return Engine(EngineConfig(device=DEVICE, num_threads=2, gpu_autocast="off", **options))
+
+
+@pytest.fixture(scope="module")
+def demo_on_device(request):
+    if DEVICE == "cpu":
+        yield request.getfixturevalue("demo_engine")
+        return
+    engine = engine_on_device()
+    yield engine
+    engine.close()
+
+
+def test_the_demo_model_transcribes_with_nemos_own_api_as_the_engine_does(demo_on_device):
     from nemo.collections.asr.models import ASRModel
 
-    model = ASRModel.restore_from(str(demo_model_path()), map_location="cpu")
+    model = ASRModel.restore_from(str(demo_model_path()), map_location=DEVICE)
     paths = [str(FIXTURES / name) for name in FILES]
     nemo_texts = [hypothesis.text for hypothesis in model.transcribe(paths, verbose=False, return_hypotheses=True)]
-    engine_texts = [demo_engine.transcribe(decode_audio(FIXTURES / name, 16000)).text for name in FILES]
+    engine_texts = [demo_on_device.transcribe(decode_audio(FIXTURES / name, 16000)).text for name in FILES]
     assert nemo_texts == engine_texts
     known = json.loads((FIXTURES / "texts.json").read_text())
     assert nemo_texts[0] == known[FILES[0]]["text"]
+
+
+@pytest.mark.skipif(not DEVICE.startswith("cuda"), reason="bf16 autocast is used on CUDA devices only")
+def test_bf16_autocast_on_cuda_keeps_the_demo_models_texts(fixture_texts):
+    engine = Engine(EngineConfig(device=DEVICE, gpu_autocast="bf16"))
+    try:
+        if engine.transcriber.device_path.autocast is None:
+            pytest.skip("this GPU does not support bf16: the encoder runs in fp32")
+        for name in FILES:
+            text = engine.transcribe(decode_audio(FIXTURES / name, 16000)).text
+            assert wer(fixture_texts[name], text) <= OWN_TEXT_MAX_WER, (name, text)
+    finally:
+        engine.close()
 
 
 # Replicas: tiny random-weight models with the structure of each family. Their transcripts are noise,
@@ -73,7 +107,7 @@ def audios() -> list[np.ndarray]:
 def nemo_hypotheses(path: str, architecture: str | None, audios: list[np.ndarray], batch_size: int) -> list:
     from nemo.collections.asr.models import ASRModel
 
-    model = ASRModel.restore_from(path, map_location="cpu")
+    model = ASRModel.restore_from(path, map_location=DEVICE)
     if architecture == "hybrid_bpe_ctc":
         model.change_decoding_strategy(decoding_cfg=model.cfg.aux_ctc.decoding, decoder_type="ctc", verbose=False)
     hypotheses = model.transcribe(audios, batch_size=batch_size, return_hypotheses=True, timestamps=True,
@@ -90,8 +124,7 @@ def tokens(hypothesis, ctc: bool) -> list[int]:
 @pytest.mark.parametrize("name", list(CASES))
 def test_the_engine_gives_nemos_text_tokens_and_word_times(replica_paths, audios, name):
     architecture = CASES[name][1]
-    engine = Engine(EngineConfig(model=replica_paths[name], architecture=architecture, device="cpu", num_threads=2,
-                                 local_attention="off"))
+    engine = engine_on_device(model=replica_paths[name], architecture=architecture, local_attention="off")
     ctc = engine.decoder == "ctc"
     transcriber = engine.transcriber
     one_by_one = nemo_hypotheses(replica_paths[name], architecture, audios, batch_size=1)

@@ -168,3 +168,32 @@ def test_the_cli_refuses_task_with_another_mode_with_exit_2_and_one_line():
     assert completed.returncode == 2
     assert len(completed.stderr.strip().splitlines()) == 1
     assert completed.stderr.startswith("invalid SERVICE_MODE='task,http': task runs alone"), completed.stderr
+
+
+def batching(**environment: str):
+    """The batch policy, queue size and autocast setting that the engine gets from `environment`."""
+    from nemo_stt.service import engine_config
+
+    config = engine_config(load_settings(**environment))
+    policy = config.batching
+    return policy.workers, policy.max_batch_items, policy.max_batch_seconds, config.max_requests, config.gpu_autocast
+
+
+def test_on_a_gpu_unset_batching_variables_take_the_gpu_defaults():
+    # DEVICE=cuda makes the choice without a GPU (loading the model would then stop, not reading settings).
+    assert batching(DEVICE="cuda") == (2, 64, 1200.0, 256, "bf16")
+    assert batching(DEVICE="cuda:1", GPU_AUTOCAST="off") == (2, 64, 1200.0, 256, "off")
+    assert batching(DEVICE="cpu") == batching() == (1, 16, 120.0, 64, "bf16")  # no CUDA on this machine
+
+
+def test_on_a_gpu_batching_variables_that_are_set_are_kept_even_at_the_cpu_default(monkeypatch):
+    environment = {"BATCH_MAX_SIZE": "16", "CONCURRENCY": "0", "QUEUE_MAX_SIZE": "", "BATCH_MAX_AUDIO_SEC": "90"}
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    assert batching(DEVICE="cuda") == (1, 16, 90.0, 256, "bf16")  # QUEUE_MAX_SIZE empty: unset
+
+
+def test_gpu_autocast_accepts_bf16_or_off(monkeypatch):
+    monkeypatch.setenv("GPU_AUTOCAST", "fp16")
+    with pytest.raises(SettingsError, match="invalid GPU_AUTOCAST='fp16'"):
+        load_settings()

@@ -1,6 +1,6 @@
 """From settings to a running engine: the one place that maps environment variables onto engine options."""
 
-from .settings import Settings
+from .settings import Settings, with_device_defaults
 
 
 def runs_on_gpu(settings: Settings) -> bool:
@@ -13,6 +13,7 @@ def runs_on_gpu(settings: Settings) -> bool:
 def engine_config(settings: Settings):
     from .engine import BatchPolicy, EngineConfig, VadConfig
 
+    settings = with_device_defaults(settings, runs_on_gpu(settings))
     batching = BatchPolicy(
         workers=settings.CONCURRENCY + 1,
         max_batch_items=settings.BATCH_MAX_SIZE,
@@ -41,6 +42,7 @@ def engine_config(settings: Settings):
         local_attention=settings.LONG_FILE_LOCAL_ATTENTION,
         punctuation_model=settings.PUNCTUATION_MODEL,
         punctuation_force=settings.PUNCTUATION_FORCE,
+        gpu_autocast=settings.GPU_AUTOCAST,
     )
 
 

@@ -38,11 +38,15 @@ class Settings(BaseSettings):
     DEVICE: str | None = None
     """`cpu`, `cuda` or `cuda:N`; unset means cuda when available, else cpu."""
     NUM_THREADS: int | None = Field(default=None, ge=1)
-    """Torch threads per inference worker on CPU; unset means cores / (CONCURRENCY + 1)."""
+    """Torch threads per inference worker (on a GPU, for their host work); unset means cores / (CONCURRENCY + 1)."""
     CUDA_VISIBLE_DEVICES: str | None = None
     """Read by CUDA itself; held here so that it is documented and shown at start-up."""
     CONCURRENCY: int = Field(default=0, ge=0)
-    """Parallel transcriptions minus one: CONCURRENCY=0 runs one inference worker, 1 runs two."""
+    """Parallel transcriptions minus one: CONCURRENCY=0 runs one inference worker, 1 runs two (the default
+    on a GPU: see GPU_DEFAULTS)."""
+    GPU_AUTOCAST: Literal["bf16", "off"] = "bf16"
+    """On a CUDA device, `bf16` runs the encoder under bf16 autocast when the device supports bf16 (decoding
+    stays fp32); `off` runs it in fp32. No effect on the CPU."""
     USER_ID: int | None = Field(default=None, ge=0)
     """When running as root, switch to this user before serving (the container default is 33)."""
     GROUP_ID: int | None = Field(default=None, ge=0)
@@ -120,15 +124,16 @@ class Settings(BaseSettings):
 
     # Batching (every front end's requests share one queue)
     BATCH_MAX_SIZE: int = Field(default=16, ge=1)
-    """Most requests in one forward (on CPU too: measured in benchmarks/throughput.py)."""
+    """Most requests in one forward (on CPU too: measured in benchmarks/throughput.py); 64 on a GPU."""
     BATCH_MAX_AUDIO_SEC: float = Field(default=120, gt=0)
-    """Most padded audio in one forward (longest item x items), in seconds."""
+    """Most padded audio in one forward (longest item x items), in seconds; 1200 on a GPU."""
     BATCH_MAX_WAIT_MS: float = Field(default=5, ge=0)
     """How long a forming batch waits for the next request: it waits while requests keep coming at most
     this far apart, so a lone request waits this long and a batch at most this x (BATCH_MAX_SIZE - 1)."""
     QUEUE_MAX_SIZE: int = Field(default=64, ge=1)
     """Requests in the engine at once, waiting or running, each with all its VAD segments and long-file
-    windows; beyond, HTTP answers 503 with Retry-After, tasks wait, streams wait for their next decode."""
+    windows; beyond, HTTP answers 503 with Retry-After, tasks wait, streams wait for their next decode;
+    256 on a GPU."""
 
     # Task mode
     SERVICE_NAME: str = "stt"
@@ -247,6 +252,21 @@ class Settings(BaseSettings):
     def modes(self) -> tuple[str, ...]:
         """The modes `serve` runs, in MODES' order."""
         return tuple(self.SERVICE_MODE.split(","))
+
+
+# Defaults of the variables that a GPU wants set otherwise, used when the environment leaves them unset:
+# batches that fill the device (64 requests of up to about 19 s), and two inference loops, each on its
+# own CUDA stream, so that one loop's host work overlaps the other's kernels; the queue holds the
+# batches of both loops and the next ones. Not measured yet (see the README's GPU section).
+GPU_DEFAULTS = {"BATCH_MAX_SIZE": 64, "BATCH_MAX_AUDIO_SEC": 1200.0, "CONCURRENCY": 1, "QUEUE_MAX_SIZE": 256}
+
+
+def with_device_defaults(settings: Settings, on_gpu: bool) -> Settings:
+    """`settings`, with GPU_DEFAULTS for the variables the environment (or an override) left unset, on a GPU."""
+    if not on_gpu:
+        return settings
+    return settings.model_copy(update={name: value for name, value in GPU_DEFAULTS.items()
+                                       if name not in settings.model_fields_set})
 
 
 def load_settings(**overrides) -> Settings:

@@ -31,6 +31,16 @@ def model_family(model) -> ModelFamily:
     raise ModelLoadError(f"{type(model).__name__} is not a CTC, RNNT/TDT or hybrid ASR model")
 
 
+def family_name(model) -> str:
+    """The model family as people name it, for the start-up log: CTC, RNNT, TDT, hybrid RNNT+CTC or TDT+CTC."""
+    family = model_family(model)
+    if family == "ctc":
+        return "CTC"
+    # TDT models are RNNT-class models whose decoding config carries durations.
+    transducer = "TDT" if model.cfg.decoding.get("model_type") == "tdt" else "RNNT"
+    return f"hybrid {transducer}+CTC" if family == "hybrid" else transducer
+
+
 def select_decoder(model, architecture: str | None) -> DecoderKind:
     """The decoder that ARCHITECTURE asks for; unset means the model's own default (RNNT for hybrids)."""
     family = model_family(model)
@@ -50,7 +60,8 @@ def _fitting(family: ModelFamily) -> list[str]:
 
 
 def configure_decoding(model, decoder: DecoderKind) -> None:
-    """Greedy batched decoding with word timestamps and NeMo's word confidence estimation."""
+    """Greedy batched decoding with word timestamps and NeMo's word confidence estimation (for RNNT/TDT,
+    label looping with CUDA graphs)."""
     family = model_family(model)
     base = model.cfg.aux_ctc.decoding if family == "hybrid" and decoder == "ctc" else model.cfg.decoding
     cfg = OmegaConf.create(OmegaConf.to_container(base, resolve=True))
@@ -70,6 +81,11 @@ def configure_decoding(model, decoder: DecoderKind) -> None:
             cfg.greedy = {}
         if decoder == "rnnt":
             cfg.greedy.max_symbols = cfg.greedy.get("max_symbols", None) or 10
+            # NeMo 3.0's defaults, kept even where a model's saved config turns them off: the label-looping
+            # algorithm, with CUDA graphs on a CUDA device (NeMo falls back to plain PyTorch elsewhere; it
+            # keeps word confidences and disables autocast around the graphs itself).
+            cfg.greedy.loop_labels = True
+            cfg.greedy.use_cuda_graph_decoder = True
             # TDT models carry their durations in the decoding config; keep them.
     if family == "hybrid":
         model.change_decoding_strategy(decoding_cfg=cfg, decoder_type=decoder, verbose=False)

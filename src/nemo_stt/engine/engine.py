@@ -22,7 +22,8 @@ from .admission import Admission, Ticket
 from .batcher import Batcher, BatchPolicy
 from .buffered_stream import BufferedStream
 from .cache_aware_stream import CacheAwareStream, CacheAwareStreamer, supports_cache_aware_streaming
-from .decoding import configure_decoding, model_family, select_decoder
+from .decoding import configure_decoding, family_name, model_family, select_decoder
+from .gpu import DevicePath
 from .long_audio import iter_windows, owned_words
 from .memory import release_free_memory
 from .model_loading import (
@@ -79,6 +80,9 @@ class EngineConfig:
     """A recasepunc checkpoint's path, or "demo"; None: transcripts as the model writes them."""
     punctuation_force: bool = False
     """Apply the punctuation model to a model that writes punctuation and capitals itself."""
+    gpu_autocast: str = "bf16"
+    """On a CUDA device: "bf16" runs the encoder under bf16 autocast when the device supports it, "off"
+    in fp32 (see `gpu`); no effect on the CPU."""
 
 
 class Engine:
@@ -86,10 +90,10 @@ class Engine:
         self.config = config
         self.device = resolve_device(config.device)
         on_passing_thread(self._load)
-        if self.device.type == "cpu":
-            # After loading: libraries change it when imported (silero_vad sets one thread process-wide).
-            workers = config.batching.workers
-            torch.set_num_threads(config.num_threads or max(1, (os.cpu_count() or 1) // workers))
+        # After loading: libraries change it when imported (silero_vad sets one thread process-wide). On a
+        # GPU too: the loops' host work runs on these threads, and more of them than cores slows it.
+        workers = config.batching.workers
+        torch.set_num_threads(config.num_threads or max(1, (os.cpu_count() or 1) // workers))
         self.language = config.language or ("en" if config.model is None else None)
         self.model_lock = ModelLock()
         self.batcher = Batcher(self._forward, self.sample_rate, config.batching, on_idle=release_free_memory)
@@ -102,12 +106,16 @@ class Engine:
         # thread that does keeps an OpenMP pool (see `on_passing_thread`); auditok holds the interpreter lock.
         self._preparing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare")
         policy = config.batching
-        log.info("model ready: %s (%s, %s decoding) on %s; %d inference loop(s) x %d thread(s), batches of up to "
-                 "%d items / %g s, VAD %s, %s attention", config.model or "demo model", type(self.model).__name__,
-                 self.decoder, self.device, policy.workers, torch.get_num_threads(), policy.max_batch_items,
-                 policy.max_batch_seconds, config.vad.method if config.vad else "off",
+        log.info("model ready: %s (%s: %s, %s decoding) on %s; %d inference loop(s) x %d thread(s), batches of "
+                 "up to %d items / %g s, VAD %s, %s attention", config.model or "demo model",
+                 type(self.model).__name__, family_name(self.model), self.decoder, self.device, policy.workers,
+                 torch.get_num_threads(), policy.max_batch_items, policy.max_batch_seconds,
+                 config.vad.method if config.vad else "off",
                  (f"local above {LOCAL_ATTENTION_ABOVE:g} s" if self._attention_by_length else "local")
                  if self.local_attention else "model's own")
+        if self.device.type == "cuda":
+            log.info("on %s: %s%s", self.device, self.transcriber.device_path.describe(),
+                     "; CUDA-graph greedy decoding" if self.decoder == "rnnt" else "")
 
     def _load(self) -> None:
         """The model, its decoding and the VAD (torch work: see `on_passing_thread`)."""
@@ -123,7 +131,8 @@ class Engine:
             use_local_attention(self.model)
         self.decoder = select_decoder(self.model, self.config.architecture)
         configure_decoding(self.model, self.decoder)
-        self.transcriber = Transcriber(self.model, self.decoder)
+        self.transcriber = Transcriber(self.model, self.decoder,
+                                       DevicePath.for_device(self.device, self.config.gpu_autocast))
         self.vad = SpeechDetector(self.config.vad, self.sample_rate) if self.config.vad else None
         self.punctuation = self._load_punctuation()
 

@@ -2,7 +2,7 @@
 
 The forward pass is run by hand (preprocessor -> encoder -> decoding) in eval mode under
 `torch.inference_mode()`: unlike `model.transcribe()`, this leaves the model untouched, needs no
-temporary files and can be called from several threads at once.
+temporary files and can be called from several threads at once. On a CUDA device, see `gpu`.
 """
 
 import threading
@@ -12,13 +12,15 @@ import torch
 
 from ..results import Transcript, Word
 from .decoding import DecoderKind
+from .gpu import DevicePath
 
 
 class Transcriber:
-    def __init__(self, model, decoder: DecoderKind):
+    def __init__(self, model, decoder: DecoderKind, device_path: DevicePath | None = None):
         self.model = model
         self.decoder = decoder
         self.device = next(model.parameters()).device
+        self.device_path = device_path or DevicePath(self.device)
         self.sample_rate = int(model.cfg.preprocessor.sample_rate)
         stride = float(model.cfg.preprocessor.window_stride)
         # Seconds per encoder frame: timestamps from decoding are in encoder frames.
@@ -35,8 +37,9 @@ class Transcriber:
             if i not in live:
                 results[i] = Transcript(text="")
         if live:
-            signal, lengths = self._pad([audios[i] for i in live])
-            hypotheses = self._decode(signal, lengths)
+            with self.device_path.loop_stream():
+                signal, lengths = self._pad([audios[i] for i in live])
+                hypotheses = self._decode(signal, lengths)  # the stream synchronised at its end
             for index, hypothesis in zip(live, hypotheses, strict=True):
                 results[index] = self._to_transcript(hypothesis, len(audios[index]) / self.sample_rate)
         return results  # type: ignore[return-value]
@@ -46,23 +49,30 @@ class Transcriber:
         signal = torch.zeros(len(audios), int(lengths.max()), dtype=torch.float32)
         for row, audio in enumerate(audios):
             signal[row, : len(audio)] = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
-        return signal.to(self.device), lengths.to(self.device)
+        return self.device_path.to_device(signal), self.device_path.to_device(lengths)
 
     def _decode(self, signal: torch.Tensor, lengths: torch.Tensor) -> list:
         model = self.model
         features, feature_lengths = model.preprocessor(input_signal=signal, length=lengths)
-        encoded, encoded_lengths = model.encoder(audio_signal=features, length=feature_lengths)
+        with self.device_path.encoder_autocast():
+            encoded, encoded_lengths = model.encoder(audio_signal=features, length=feature_lengths)
+        encoded = encoded.float()  # the heads and decoding in fp32 (a no-op without autocast)
         with self._decode_lock:
-            if self.decoder == "ctc":
-                ctc_head = getattr(model, "ctc_decoder", None) or model.decoder
-                decoding = getattr(model, "ctc_decoding", None) or model.decoding
-                log_probs = ctc_head(encoder_output=encoded)
-                return decoding.ctc_decoder_predictions_tensor(
-                    log_probs, decoder_lengths=encoded_lengths, return_hypotheses=True
+            try:
+                if self.decoder == "ctc":
+                    ctc_head = getattr(model, "ctc_decoder", None) or model.decoder
+                    decoding = getattr(model, "ctc_decoding", None) or model.decoding
+                    log_probs = ctc_head(encoder_output=encoded)
+                    return decoding.ctc_decoder_predictions_tensor(
+                        log_probs, decoder_lengths=encoded_lengths, return_hypotheses=True
+                    )
+                return model.decoding.rnnt_decoder_predictions_tensor(
+                    encoder_output=encoded, encoded_lengths=encoded_lengths, return_hypotheses=True
                 )
-            return model.decoding.rnnt_decoder_predictions_tensor(
-                encoder_output=encoded, encoded_lengths=encoded_lengths, return_hypotheses=True
-            )
+            finally:
+                # NeMo's CUDA-graph decoders reuse their buffers from call to call: the next loop's
+                # stream may write them only once this decoding has run.
+                self.device_path.synchronize()
 
     def _to_transcript(self, hypothesis, duration: float) -> Transcript:
         if isinstance(hypothesis, list):  # n-best lists: take the best

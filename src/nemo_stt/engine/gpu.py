@@ -1,0 +1,80 @@
+"""What the batched forward does differently on a CUDA device; on the CPU every part of it is a no-op.
+
+- The encoder runs under bf16 autocast when the device supports bf16 (GPU_AUTOCAST=off keeps fp32).
+  Its output is cast back to fp32: the preprocessor, the decoders' heads and NeMo's greedy decoding
+  (which turns autocast off itself around its CUDA graphs) run in fp32, as in NeMo.
+- Batch tensors go from pinned host memory to the device with non-blocking copies.
+- Each inference loop (a batcher thread) runs its forwards on its own CUDA stream, so that one loop's
+  host work (padding, turning hypotheses into words) overlaps another's kernels; the stream is
+  synchronised before results are read and before the shared decoding buffers are handed on.
+"""
+
+import threading
+from contextlib import AbstractContextManager, nullcontext
+
+import torch
+
+AUTOCAST_CHOICES = ("bf16", "off")
+
+
+def autocast_dtype(device: torch.device | str, setting: str, bf16_supported: bool) -> torch.dtype | None:
+    """The encoder's autocast dtype: bf16 on a CUDA device that supports it unless `setting` is "off";
+    None (fp32, no autocast) on the CPU and everywhere else."""
+    if setting not in AUTOCAST_CHOICES:
+        raise ValueError(f"GPU_AUTOCAST must be one of {', '.join(AUTOCAST_CHOICES)}, not {setting!r}")
+    if torch.device(device).type != "cuda" or setting == "off" or not bf16_supported:
+        return None
+    return torch.bfloat16
+
+
+class DevicePath:
+    """The device-dependent parts of a forward: host-to-device copies, the encoder's autocast, the
+    calling thread's stream."""
+
+    def __init__(self, device: torch.device | str, autocast: torch.dtype | None = None):
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        self.autocast = autocast
+        """dtype of the encoder's autocast, None for none (see `autocast_dtype`)."""
+        self.pinned = self.cuda
+        """Whether batch tensors are copied from pinned host memory, without blocking."""
+        self._local = threading.local()
+
+    @classmethod
+    def for_device(cls, device: torch.device | str, setting: str = "bf16") -> "DevicePath":
+        device = torch.device(device)
+        supported = device.type == "cuda" and setting != "off" and torch.cuda.is_bf16_supported()
+        return cls(device, autocast_dtype(device, setting, supported))
+
+    def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        if not self.pinned:
+            return tensor.to(self.device)
+        # The copy runs on the current (the loop's) stream; the host tensor lives until that stream is
+        # synchronised at the end of the forward.
+        return tensor.pin_memory().to(self.device, non_blocking=True)
+
+    def encoder_autocast(self) -> AbstractContextManager:
+        if self.autocast is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast)
+
+    def loop_stream(self) -> AbstractContextManager:
+        """The calling thread's own CUDA stream as the current stream (made on its first forward)."""
+        if not self.cuda:
+            return nullcontext()
+        stream = getattr(self._local, "stream", None)
+        if stream is None:
+            stream = self._local.stream = torch.cuda.Stream(device=self.device)
+        return torch.cuda.stream(stream)
+
+    def synchronize(self) -> None:
+        """Wait for the work queued on the current stream (nothing to wait for on the CPU)."""
+        if self.cuda:
+            torch.cuda.current_stream(self.device).synchronize()
+
+    def describe(self) -> str:
+        """For the start-up log."""
+        if not self.cuda:
+            return "fp32"
+        autocast = f"{str(self.autocast).removeprefix('torch.')} autocast" if self.autocast else "fp32"
+        return f"encoder {autocast}, pinned host memory, one CUDA stream per inference loop"
