@@ -32,12 +32,10 @@ import sys
 import tempfile
 import threading
 import time
-import wave
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tools" / "demo_model"))
@@ -56,26 +54,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def make_long_file(path: Path, seconds: float) -> float:
-    """A WAV of synthetic sentences separated by short pauses, `seconds` long."""
-    from sentences import make_corpus
-    from synthesize import SAMPLE_RATE, speak
-
-    pieces, total = [], 0
-    for sentence in make_corpus(int(seconds), seed=60):
-        pieces.append(np.concatenate([speak(sentence), np.zeros(SAMPLE_RATE // 3, dtype=np.float32)]))
-        total += len(pieces[-1])
-        if total >= seconds * SAMPLE_RATE:
-            break
-    audio = np.concatenate(pieces)[: int(seconds * SAMPLE_RATE)]
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(SAMPLE_RATE)
-        out.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
-    return len(audio) / SAMPLE_RATE
 
 
 class NemoProcess:
@@ -222,6 +200,7 @@ def main() -> None:
     from nemo_stt.settings import load_settings
 
     relaunch_on_jemalloc([sys.executable, *sys.argv], load_settings())
+    from service_overhead import make_speech_file
     from throughput import make_files, wav_seconds
 
     clients = [int(count) for count in args.clients.split(",")]
@@ -282,7 +261,7 @@ def main() -> None:
                 print(f"{line}; same text {same[count]}/{len(files)}")
             if not args.no_long:
                 path = Path(work) / "long.wav"
-                seconds = make_long_file(path, args.long_minutes * 60)
+                seconds = make_speech_file(path, args.long_minutes * 60)
                 elapsed, peak = server.peak_during(path)
                 print(f"{seconds / 60:.0f}-min file: RTFx {seconds / elapsed:.2f}; server RSS peak {peak:.0f} MB "
                       f"(at load: {server.memory[0]:.0f} MB)")

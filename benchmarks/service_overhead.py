@@ -26,13 +26,13 @@ sys.path.insert(0, str(REPO / "tools" / "demo_model"))
 sys.path.insert(0, str(REPO / "tests"))
 
 
-def make_minute(path: Path, seconds: float = 60.0) -> float:
-    """A WAV of espeak sentences with short pauses, `seconds` long."""
+def make_speech_file(path: Path, seconds: float = 60.0) -> float:
+    """A WAV of espeak sentences with short pauses, `seconds` long; returns its duration."""
     from sentences import make_corpus
     from synthesize import SAMPLE_RATE, speak
 
     pieces, total = [], 0
-    for sentence in make_corpus(100, seed=60):
+    for sentence in make_corpus(max(100, int(seconds)), seed=60):
         audio = np.concatenate([speak(sentence), np.zeros(SAMPLE_RATE // 3, dtype=np.float32)])
         pieces.append(audio)
         total += len(audio)
@@ -117,7 +117,7 @@ def main() -> None:
     relaunch_on_jemalloc([sys.executable, *sys.argv], load_settings())
     with tempfile.TemporaryDirectory() as work:
         path = Path(work) / "minute.wav"
-        duration = make_minute(path)
+        duration = make_speech_file(path)
         result = measure(args.model, args.architecture, path, args.repeats)
     raw, service = duration / result["raw"], duration / result["service"]
     print(f"model: {args.model or 'demo'} ({args.architecture or 'default decoder'}); "

@@ -94,6 +94,18 @@ class ServerProcess:
         self.log.close()
 
 
+def module_server(env: dict[str, str]):
+    """A module-scoped fixture: one `nemo-stt serve` with `env` for the tests of a module."""
+
+    @pytest.fixture(scope="module")
+    def server():
+        process = ServerProcess(env)
+        yield process
+        process.stop()
+
+    return server
+
+
 @pytest.fixture(scope="session")
 def http_server():
     # Without VAD the service sees exactly the audio the raw model is given in the comparison tests.

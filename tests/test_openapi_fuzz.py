@@ -11,13 +11,12 @@ import warnings
 
 import httpx
 import hypothesis
-import pytest
 import schemathesis
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
-from .conftest import ServerProcess
+from .conftest import module_server
 
 EXAMPLES_PER_OPERATION = 50
 # 6 s on 2 busy cores for the 7 operations (after the server's start); past the budget the operations left are skipped,
@@ -29,12 +28,8 @@ class _OutOfTime(Exception):
     pass
 
 
-@pytest.fixture(scope="module")
-def fuzzed_server():
-    # MAX_AUDIO_SECONDS, so that uploads also go through the reading of their container's stated duration.
-    server = ServerProcess({"MAX_UPLOAD_MB": "1", "NUM_THREADS": "1", "MAX_AUDIO_SECONDS": "5"})
-    yield server
-    server.stop()
+# MAX_AUDIO_SECONDS, so that uploads also go through the reading of their container's stated duration.
+fuzzed_server = module_server({"MAX_UPLOAD_MB": "1", "NUM_THREADS": "1", "MAX_AUDIO_SECONDS": "5"})
 
 
 def test_no_operation_answers_a_server_error_and_the_server_stays_up(fuzzed_server):

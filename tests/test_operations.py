@@ -17,7 +17,7 @@ from websockets.exceptions import ConnectionClosed
 
 from nemo_stt.audio import decode_audio
 
-from .conftest import FIXTURES, OWN_TEXT_MAX_WER, ServerProcess, free_port, wer
+from .conftest import FIXTURES, OWN_TEXT_MAX_WER, ServerProcess, free_port, module_server, wer
 from .recordings import as_pcm16, as_wav, meeting
 from .test_websocket import StreamingServerProcess, finals_text
 
@@ -129,11 +129,7 @@ def test_past_the_grace_what_is_left_is_answered_503_and_logged_in_a_line():
             server.process.kill()
 
 
-@pytest.fixture(scope="module")
-def keyed_server():
-    server = ServerProcess({"API_KEY": "s3cret-key", "MAX_AUDIO_SECONDS": "20", "VAD": "false"})
-    yield server
-    server.stop()
+keyed_server = module_server({"API_KEY": "s3cret-key", "MAX_AUDIO_SECONDS": "20", "VAD": "false"})
 
 
 def test_probes_and_metrics_need_no_key(keyed_server):

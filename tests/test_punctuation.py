@@ -27,7 +27,7 @@ from nemo_stt.engine.punctuation import (
 )
 from nemo_stt.results import Transcript, Word
 
-from .conftest import FIXTURES, ServerProcess, free_port
+from .conftest import FIXTURES, free_port, module_server
 
 WORDS = ["anna", "bought", "the", "bread", "at", "the", "market", "stop", "anna", "unknownish", "stop"]
 
@@ -144,11 +144,7 @@ def test_models_that_write_punctuation_are_recognised():
 PUNCTUATED = "Anna bought the bread at the market."
 
 
-@pytest.fixture(scope="module")
-def punctuating_server():
-    server = ServerProcess({"PUNCTUATION_MODEL": "demo", "VAD": "false", "NUM_THREADS": "2"})
-    yield server
-    server.stop()
+punctuating_server = module_server({"PUNCTUATION_MODEL": "demo", "VAD": "false", "NUM_THREADS": "2"})
 
 
 def test_http_and_openai_answers_are_punctuated(punctuating_server):

@@ -21,6 +21,13 @@ class SettingsError(ValueError):
     """An environment variable has a value the service cannot run with."""
 
 
+# Settings whose values have a form: the pattern and how the error message states it.
+_FORMS = {
+    "PAGE_WEBSOCKET_URL": (r"wss?://[^\s/?#]+\S*", "a ws:// or wss:// URL"),
+    "DEVICE": (r"cpu|cuda(:\d+)?", "cpu, cuda, cuda:N"),
+}
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_ignore_empty=True, case_sensitive=True, extra="ignore",
                                       populate_by_name=True, use_attribute_docstrings=True)
@@ -201,18 +208,12 @@ class Settings(BaseSettings):
             return lowered
         return value
 
-    @field_validator("PAGE_WEBSOCKET_URL")
+    @field_validator(*_FORMS)
     @classmethod
-    def _websocket_url(cls, value):
-        if value is not None and not re.fullmatch(r"wss?://[^\s/?#]+\S*", value):
-            raise ValueError("allowed: a ws:// or wss:// URL")
-        return value
-
-    @field_validator("DEVICE")
-    @classmethod
-    def _device(cls, value):
-        if value is not None and not re.fullmatch(r"cpu|cuda(:\d+)?", value):
-            raise ValueError("allowed: cpu, cuda, cuda:N")
+    def _has_its_form(cls, value, info):
+        pattern, allowed = _FORMS[info.field_name]
+        if value is not None and not re.fullmatch(pattern, value):
+            raise ValueError(f"allowed: {allowed}")
         return value
 
     @field_validator("ARCHITECTURE", "SERVICE_MODE", mode="before")
