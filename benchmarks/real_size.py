@@ -14,9 +14,9 @@ In order, on the same device and threads for both:
 2. RTFx on the same 3 to 6-s files (VAD off: NeMo's transcribe has none), round after round in
    alternation: NeMo's `transcribe(files, batch_size=1)` against one client posting them one after
    another to `POST /transcribe`, and `transcribe(files, batch_size=C)` against C concurrent clients.
-   Each round's ratio, their median, and how many texts are the same on both are printed; with
-   several clients, also the ratio to one transcribe() call per request (what a server that wraps
-   transcribe() gives concurrent clients: their requests one after another).
+   Each round also times one transcribe() call per file, as a server that wraps transcribe() makes
+   one per request (its clients' requests then run one after another, each paying the call's set-up).
+   Each round's ratios, their median, and how many texts are the same on both are printed.
 3. Memory for a long file: the NeMo process is stopped, then one 10-min file goes to the server,
    whose RSS is sampled while it transcribes.
 Both processes run on the allocator the service picks (this script starts itself again on it, as
@@ -76,8 +76,8 @@ class NemoProcess:
                 return line[len(tag) + 1:]
         raise RuntimeError(f"the NeMo process ended with {self.process.wait()}")
 
-    def transcribe(self, batch_size: int) -> tuple[float, list[str]]:
-        """Seconds for `transcribe(files, batch_size)` and the texts."""
+    def transcribe(self, batch_size: int | str) -> tuple[float, list[str]]:
+        """Seconds for `transcribe(files, batch_size)` and the texts; batch size "each": one call per file."""
         self.process.stdin.write(f"{batch_size}\n")
         self.process.stdin.flush()
         answer = json.loads(self._answer("result"))
@@ -106,9 +106,13 @@ def nemo_worker(spec: dict) -> None:
     print("warm 1", flush=True)
     for line in sys.stdin:
         started = time.perf_counter()
-        output = model.transcribe(spec["files"], batch_size=int(line), verbose=False, num_workers=0)
+        if line.strip() == "each":  # as a server that calls transcribe() for each request does
+            output = [texts(model.transcribe([path], batch_size=1, verbose=False, num_workers=0))[0]
+                      for path in spec["files"]]
+        else:
+            output = texts(model.transcribe(spec["files"], batch_size=int(line), verbose=False, num_workers=0))
         seconds = time.perf_counter() - started
-        print("result " + json.dumps({"seconds": seconds, "texts": texts(output)}), flush=True)
+        print("result " + json.dumps({"seconds": seconds, "texts": output}), flush=True)
 
 
 class Server:
@@ -229,9 +233,12 @@ def main() -> None:
               f"bare load; RSS {server.memory[0]:.0f} MB, peak {server.memory[1]:.0f} MB", flush=True)
         try:
             server.transcribe(files[:2], 2)  # the first requests pay for lazy initialisations
-            times: dict[tuple[str, int], list[float]] = {}
+            times: dict[tuple[str, int | str], list[float]] = {}
             same: dict[int, int] = {}
             for round_ in range(args.rounds):
+                nemo_seconds, _ = nemo.transcribe("each")
+                times.setdefault(("nemo", "each"), []).append(nemo_seconds)
+                time.sleep(1.0)
                 for count in clients:
                     nemo_seconds, nemo_texts = nemo.transcribe(count)
                     time.sleep(1.0)  # let the other process's OpenMP threads go quiet
@@ -252,12 +259,12 @@ def main() -> None:
                                                                 strict=True))
                 line = (f"  {count:3d} client(s): POST /transcribe RTFx {service_rtfx:6.2f}; NeMo "
                         f"transcribe(batch_size={count}) {nemo_rtfx:6.2f}, ratio {ratio:.2f}")
-                if count > 1 and 1 in clients:
-                    # What a server that calls transcribe() once per request gives concurrent clients.
-                    alone = statistics.median(n / s for n, s in zip(times["nemo", 1], times["service", count],
-                                                                    strict=True))
-                    line += (f"; NeMo one call per request {audio / statistics.median(times['nemo', 1]):6.2f}, "
-                             f"ratio {alone:.2f}")
+                # What a server that calls transcribe() once per request gives its clients: their requests one
+                # after another, each call paying transcribe()'s own set-up.
+                each = statistics.median(n / s for n, s in zip(times["nemo", "each"], times["service", count],
+                                                               strict=True))
+                line += (f"; NeMo one call per file {audio / statistics.median(times['nemo', 'each']):6.2f}, "
+                         f"ratio {each:.2f}")
                 print(f"{line}; same text {same[count]}/{len(files)}")
             if not args.no_long:
                 path = Path(work) / "long.wav"
