@@ -54,6 +54,17 @@ class Settings(BaseSettings):
     GPU_AUTOCAST: Literal["bf16", "off"] = "bf16"
     """On a CUDA device, `bf16` runs the encoder under bf16 autocast when the device supports bf16 (decoding
     stays fp32); `off` runs it in fp32. No effect on the CPU."""
+    INFERENCE_BACKEND: Literal["torch", "onnx"] = "torch"
+    """What runs the encoder: `torch` (PyTorch), or `onnx` (ONNX Runtime, CPU only: the encoder exported once
+    with NeMo's export into ONNX_CACHE_DIR; features and decoding stay NeMo's). See the README for which to pick."""
+    ONNX_QUANTIZE: Literal["none", "int8"] = "none"
+    """With INFERENCE_BACKEND=onnx, `int8` quantises the encoder's MatMul weights to 8 bits (dynamic
+    quantisation): smaller and faster, at some accuracy (the README gives the WER measured)."""
+    ONNX_CACHE_DIR: str | None = None
+    """Where the exported ONNX graphs are kept, keyed by the model's config and weights and the versions of
+    NeMo, torch and ONNX; unset, `nemo-stt/onnx` in XDG_CACHE_HOME (`~/.cache` when unset)."""
+    XDG_CACHE_HOME: str | None = None
+    """The user's cache folder, read for ONNX_CACHE_DIR's default (the Docker image sets it)."""
     USER_ID: int | None = Field(default=None, ge=0)
     """When running as root, switch to this user before serving (the container default is 33)."""
     GROUP_ID: int | None = Field(default=None, ge=0)
@@ -248,6 +259,14 @@ class Settings(BaseSettings):
             raise ValueError("the same port as HTTP_PORT: with SERVICE_MODE=http,websocket each mode needs its "
                              "own port (set STREAMING_PORT or HTTP_PORT)")
         return value
+
+    @property
+    def onnx_cache_dir(self) -> str:
+        from pathlib import Path
+
+        if self.ONNX_CACHE_DIR:
+            return self.ONNX_CACHE_DIR
+        return str(Path(self.XDG_CACHE_HOME or Path.home() / ".cache") / "nemo-stt" / "onnx")
 
     @property
     def modes(self) -> tuple[str, ...]:

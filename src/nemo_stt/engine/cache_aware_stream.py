@@ -79,9 +79,10 @@ class CacheAwareStreamer:
 
     def __init__(self, model, decoder: DecoderKind, lookahead_ms: float | None, max_batch: int = 64,
                  model_lock: ModelLock | None = None, on_idle: Callable[[], None] | None = None,
-                 idle_after: float = 10.0):
+                 idle_after: float = 10.0, onnx=None):
         """`model_lock`: shared with the engine's batcher, so that a step has the model alone; `on_idle`:
-        called once after `idle_after` seconds without steps (to give freed memory back)."""
+        called once after `idle_after` seconds without steps (to give freed memory back); `onnx`: the model's
+        `OnnxGraphs`, to run the encoder steps in ONNX Runtime."""
         self.model = model
         self._model_lock = model_lock or ModelLock()
         self._on_idle = on_idle
@@ -104,7 +105,11 @@ class CacheAwareStreamer:
         self.first_frames = int(_first(config.shift_size))
         self.pre_cache_frames = int(_second(config.pre_encode_cache_size))
         self.drop_pre_encoded = int(config.drop_extra_pre_encoded)
-        encoder.set_default_att_context_size(self._model_context)
+        try:
+            self._onnx = onnx.streaming(self.att_context_size, self.pre_cache_frames, self.first_frames,
+                                        self.shift_frames, self.drop_pre_encoded) if onnx is not None else None
+        finally:
+            encoder.set_default_att_context_size(self._model_context)
         self.features = int(encoder._feat_in)
         self.device = next(model.parameters()).device
         self.max_batch = max_batch
@@ -294,11 +299,15 @@ class CacheAwareStreamer:
         cache_channel = torch.cat([s.caches[0] for s in states], dim=1)
         cache_time = torch.cat([s.caches[1] for s in states], dim=1)
         cache_len = torch.cat([s.caches[2] for s in states], dim=0)
-        encoded, encoded_len, cache_channel, cache_time, cache_len = self.model.encoder.cache_aware_stream_step(
-            processed_signal=signal, processed_signal_length=lengths, cache_last_channel=cache_channel,
-            cache_last_time=cache_time, cache_last_channel_len=cache_len, keep_all_outputs=False,
-            drop_extra_pre_encoded=0 if first else self.drop_pre_encoded,
-        )
+        if self._onnx is not None:
+            encoded, encoded_len, cache_channel, cache_time, cache_len = self._onnx.step(
+                signal, lengths, cache_channel, cache_time, cache_len, first)
+        else:
+            encoded, encoded_len, cache_channel, cache_time, cache_len = self.model.encoder.cache_aware_stream_step(
+                processed_signal=signal, processed_signal_length=lengths, cache_last_channel=cache_channel,
+                cache_last_time=cache_time, cache_last_channel_len=cache_len, keep_all_outputs=False,
+                drop_extra_pre_encoded=0 if first else self.drop_pre_encoded,
+            )
         for row, state in enumerate(states):
             state.caches = (cache_channel[:, row : row + 1], cache_time[:, row : row + 1], cache_len[row : row + 1])
         if self.decoder == "ctc":

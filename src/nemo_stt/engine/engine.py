@@ -7,11 +7,13 @@ times are seconds of the audio they gave; they never touch the model.
 import asyncio
 import logging
 import os
+import tempfile
 import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,6 +37,7 @@ from .model_loading import (
     use_local_attention,
 )
 from .model_lock import ModelLock
+from .onnx_backend import OnnxGraphs, OnnxOptions, onnxruntime_version
 from .punctuation import (
     PunctuationBatcher,
     Punctuator,
@@ -83,20 +86,27 @@ class EngineConfig:
     gpu_autocast: str = "bf16"
     """On a CUDA device: "bf16" runs the encoder under bf16 autocast when the device supports it, "off"
     in fp32 (see `gpu`); no effect on the CPU."""
+    backend: str = "torch"
+    """What runs the encoder: "torch", or "onnx" (ONNX Runtime on the CPU, see `onnx_backend`)."""
+    onnx_quantize: str = "none"
+    """With the onnx backend: "int8" quantises the encoder's MatMul weights."""
+    onnx_cache_dir: str | None = None
+    """Where exported graphs are kept (None: a temporary folder, exported at every start)."""
 
 
 class Engine:
     def __init__(self, config: EngineConfig):
         self.config = config
         self.device = resolve_device(config.device)
+        workers = config.batching.workers
+        self.threads = config.num_threads or max(1, (os.cpu_count() or 1) // workers)
         on_passing_thread(self._load)
         # After loading: libraries change it when imported (silero_vad sets one thread process-wide). On a
         # GPU too: the loops' host work runs on these threads, and more of them than cores slows it.
-        workers = config.batching.workers
-        torch.set_num_threads(config.num_threads or max(1, (os.cpu_count() or 1) // workers))
+        torch.set_num_threads(self.threads)
         self.language = config.language or ("en" if config.model is None else None)
         self.model_lock = ModelLock()
-        self.batcher = Batcher(self._forward, self.sample_rate, config.batching, on_idle=release_free_memory)
+        self.batcher = Batcher(self._forward, self.sample_rate, config.batching, on_idle=self._release_memory)
         self.admission = Admission(config.max_requests, self.batcher.seconds_of_work)
         # Long files wait for their windows on a thread each, so that the event loop never waits.
         self._long_files = ThreadPoolExecutor(max_workers=config.max_requests, thread_name_prefix="long-file")
@@ -106,9 +116,10 @@ class Engine:
         # thread that does keeps an OpenMP pool (see `on_passing_thread`); auditok holds the interpreter lock.
         self._preparing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare")
         policy = config.batching
-        log.info("model ready: %s (%s: %s, %s decoding) on %s; %d inference loop(s) x %d thread(s), batches of "
-                 "up to %d items / %g s, VAD %s, %s attention", config.model or "demo model",
-                 type(self.model).__name__, family_name(self.model), self.decoder, self.device, policy.workers,
+        log.info("model ready: %s (%s: %s, %s decoding) on %s, %s; %d inference loop(s) x %d thread(s), batches "
+                 "of up to %d items / %g s, VAD %s, %s attention", config.model or "demo model",
+                 type(self.model).__name__, family_name(self.model), self.decoder, self.device,
+                 self.backend_name, policy.workers,
                  torch.get_num_threads(), policy.max_batch_items, policy.max_batch_seconds,
                  config.vad.method if config.vad else "off",
                  (f"local above {LOCAL_ATTENTION_ABOVE:g} s" if self._attention_by_length else "local")
@@ -131,10 +142,37 @@ class Engine:
             use_local_attention(self.model)
         self.decoder = select_decoder(self.model, self.config.architecture)
         configure_decoding(self.model, self.decoder)
+        self.onnx = self._export_onnx() if self.config.backend == "onnx" else None
         self.transcriber = Transcriber(self.model, self.decoder,
-                                       DevicePath.for_device(self.device, self.config.gpu_autocast))
+                                       DevicePath.for_device(self.device, self.config.gpu_autocast),
+                                       encoder=self.onnx.offline() if self.onnx else None)
         self.vad = SpeechDetector(self.config.vad, self.sample_rate) if self.config.vad else None
         self.punctuation = self._load_punctuation()
+
+    def _export_onnx(self) -> OnnxGraphs | None:
+        """The encoder's ONNX graphs (the offline one now, the streaming ones when streaming starts)."""
+        if self.device.type != "cpu":
+            raise ModelLoadError(f"INFERENCE_BACKEND=onnx runs on the CPU, not on DEVICE={self.device}: set "
+                                 "DEVICE=cpu, or INFERENCE_BACKEND=torch on a GPU")
+        if self._local_now:
+            # NeMo's export of local attention gives a graph whose outputs differ from the model's.
+            log.warning("INFERENCE_BACKEND=onnx with LONG_FILE_LOCAL_ATTENTION=on: local attention does not export "
+                        "to ONNX, so the encoder runs in PyTorch (use LONG_FILE_LOCAL_ATTENTION=auto)")
+            return None
+        cache_dir = self.config.onnx_cache_dir
+        if cache_dir is None:
+            self._onnx_scratch = tempfile.TemporaryDirectory(prefix="nemo-stt-onnx-")
+            cache_dir = self._onnx_scratch.name
+        graphs = OnnxGraphs(self.model, OnnxOptions(Path(cache_dir), self.config.onnx_quantize, self.threads))
+        graphs.offline()
+        return graphs
+
+    @property
+    def backend_name(self) -> str:
+        if self.onnx is None:
+            return "PyTorch"
+        quantize = self.config.onnx_quantize
+        return f"ONNX Runtime {onnxruntime_version()}" + (" int8" if quantize == "int8" else "")
 
     def _load_punctuation(self) -> PunctuationBatcher | None:
         setting = self.config.punctuation_model
@@ -166,15 +204,25 @@ class Engine:
             with self.model_lock.shared():
                 return self.transcriber.transcribe_batch(audios)
         local = max(len(audio) for audio in audios) > LOCAL_ATTENTION_ABOVE * self.sample_rate
+        if self.onnx is not None and not local:
+            with self.model_lock.shared():  # the ONNX graph has full attention, whatever the model has now
+                return self.transcriber.transcribe_batch(audios)
         while True:
             with self.model_lock.shared():
                 if self._local_now == local:
-                    return self.transcriber.transcribe_batch(audios)
+                    # With the onnx backend, forwards with local attention run the model itself: NeMo's
+                    # export of local attention does not compute what the model does.
+                    return self.transcriber.transcribe_batch(audios, in_torch=self.onnx is not None)
             # Switching rebuilds the attention layers: no other forward may run meanwhile.
             with self.model_lock.exclusive():
                 if self._local_now != local:
                     (use_local_attention if local else use_full_attention)(self.model)
                     self._local_now = local
+
+    def _release_memory(self) -> None:
+        if self.onnx is not None:
+            self.onnx.release_memory()
+        release_free_memory()
 
     def encoder_attention(self) -> str:
         return str(self.model.encoder.self_attention_model)
@@ -412,8 +460,10 @@ class Engine:
             if not self.supports_cache_aware_streaming():
                 raise ModelLoadError("this model attends over its whole input: it cannot stream with caches; "
                                      "use buffered streaming")
-            self._streamer = CacheAwareStreamer(self.model, self.decoder, params.lookahead_ms, params.max_batch,
-                                                model_lock=self.model_lock, on_idle=release_free_memory)
+            with self.model_lock.exclusive():  # exporting its graphs changes the encoder's settings for a while
+                self._streamer = CacheAwareStreamer(self.model, self.decoder, params.lookahead_ms, params.max_batch,
+                                                    model_lock=self.model_lock, on_idle=release_free_memory,
+                                                    onnx=self.onnx)
         self._streaming = params
         # Warm up only what serves the streams: each thread that runs torch keeps a pool of helper threads,
         # and more of them than cores slows every step (see `on_passing_thread`).

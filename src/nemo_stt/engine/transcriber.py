@@ -6,6 +6,7 @@ temporary files and can be called from several threads at once. On a CUDA device
 """
 
 import threading
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -14,10 +15,16 @@ from ..results import Transcript, Word
 from .decoding import DecoderKind
 from .gpu import DevicePath
 
+Encoder = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+"""(features, lengths) -> (encoded, encoded lengths): the model's encoder, or an ONNX Runtime session of it."""
+
 
 class Transcriber:
-    def __init__(self, model, decoder: DecoderKind, device_path: DevicePath | None = None):
+    def __init__(self, model, decoder: DecoderKind, device_path: DevicePath | None = None,
+                 encoder: Encoder | None = None):
+        """`encoder`: what runs the encoder (see `onnx_backend`); None: the model's own, in PyTorch."""
         self.model = model
+        self.encoder = encoder
         self.decoder = decoder
         self.device = next(model.parameters()).device
         self.device_path = device_path or DevicePath(self.device)
@@ -29,8 +36,10 @@ class Transcriber:
         self._decode_lock = threading.Lock()
 
     @torch.inference_mode()
-    def transcribe_batch(self, audios: list[np.ndarray]) -> list[Transcript]:
-        """Transcribe mono float32 arrays at `sample_rate`; each result's times are seconds of its own audio."""
+    def transcribe_batch(self, audios: list[np.ndarray], in_torch: bool = False) -> list[Transcript]:
+        """Transcribe mono float32 arrays at `sample_rate`; each result's times are seconds of its own audio.
+
+        `in_torch`: run the model's own encoder for this batch, whatever this transcriber's `encoder` is."""
         results: list[Transcript | None] = [None] * len(audios)
         live = [i for i, audio in enumerate(audios) if audio.size > 0]
         for i in range(len(audios)):
@@ -39,7 +48,8 @@ class Transcriber:
         if live:
             with self.device_path.loop_stream():
                 signal, lengths = self._pad([audios[i] for i in live])
-                hypotheses = self._decode(signal, lengths)  # the stream synchronised at its end
+                # The loop's stream is synchronised at the end of decoding.
+                hypotheses = self._decode(signal, lengths, None if in_torch else self.encoder)
             for index, hypothesis in zip(live, hypotheses, strict=True):
                 results[index] = self._to_transcript(hypothesis, len(audios[index]) / self.sample_rate)
         return results  # type: ignore[return-value]
@@ -51,11 +61,14 @@ class Transcriber:
             signal[row, : len(audio)] = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
         return self.device_path.to_device(signal), self.device_path.to_device(lengths)
 
-    def _decode(self, signal: torch.Tensor, lengths: torch.Tensor) -> list:
+    def _decode(self, signal: torch.Tensor, lengths: torch.Tensor, encoder: Encoder | None) -> list:
         model = self.model
         features, feature_lengths = model.preprocessor(input_signal=signal, length=lengths)
-        with self.device_path.encoder_autocast():
-            encoded, encoded_lengths = model.encoder(audio_signal=features, length=feature_lengths)
+        if encoder is not None:
+            encoded, encoded_lengths = encoder(features, feature_lengths)
+        else:
+            with self.device_path.encoder_autocast():
+                encoded, encoded_lengths = model.encoder(audio_signal=features, length=feature_lengths)
         encoded = encoded.float()  # the heads and decoding in fp32 (a no-op without autocast)
         with self._decode_lock:
             try:
