@@ -1,11 +1,13 @@
-"""What the service costs over the bare model: RTFx of `POST /transcribe` and of the raw forward on one 60-s file.
+"""What the service costs over the bare model: RTFx of `POST /transcribe` and of the raw forward on one file.
 
-    python benchmarks/service_overhead.py                                  # demo model
+    python benchmarks/service_overhead.py                                  # demo model, 60-s file
     python benchmarks/service_overhead.py --model build/bench-medium.nemo --architecture hybrid_bpe_ctc
+    python benchmarks/service_overhead.py --backend torch --backend onnx --seconds 5    # both backends
 
 In one run: the raw model (preprocessor, encoder and decoding called directly, 2 threads) and
 `nemo-stt serve` (HTTP, one request at a time, same threads) on the same file, in alternation,
 several times; prints the median real-time factor of each (audio seconds per second) and their ratio.
+With several `--backend`s, the raw model and a server of each backend take their turns in one run.
 Both run on the memory allocator the service picks (jemalloc when installed): this script starts
 itself again on it, as `nemo-stt` does, so that the ratio is the service's overhead, not the allocator's.
 """
@@ -23,7 +25,6 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tools" / "demo_model"))
-sys.path.insert(0, str(REPO / "tests"))
 
 
 def make_speech_file(path: Path, seconds: float = 60.0) -> float:
@@ -47,60 +48,72 @@ def make_speech_file(path: Path, seconds: float = 60.0) -> float:
     return len(audio) / SAMPLE_RATE
 
 
-def measure(model: str | None, architecture: str | None, path: Path, repeats: int) -> dict:
-    """Median seconds of the raw forward and of `POST /transcribe`, measured in alternation.
+def measure(model: str | None, architecture: str | None, path: Path, repeats: int, backends: list[str],
+            cache_dir: Path) -> dict:
+    """Median seconds of the raw forward and of `POST /transcribe` for each backend, measured in alternation.
 
-    Alternating the two (raw, service, raw, service...) keeps this machine's drifts in speed out of
-    their ratio. The raw model runs in this process; the server in its own, idle while the raw runs.
+    Alternating them (raw, service, raw, service... for each backend in turn) keeps this machine's drifts
+    in speed out of their ratios. The raw models run in this process; each server in its own, idle while
+    the others run.
     """
     import httpx
     import torch
-    from conftest import ServerProcess
 
     from nemo_stt.audio import decode_audio
     from nemo_stt.engine.decoding import configure_decoding, select_decoder
     from nemo_stt.engine.model_loading import load_asr_model
+    from nemo_stt.engine.onnx_backend import OnnxGraphs, OnnxOptions
     from nemo_stt.engine.transcriber import Transcriber
+    from nemo_stt.testing import ServerProcess
 
     torch.set_num_threads(2)
     loaded = load_asr_model(model, torch.device("cpu"))
     decoder = select_decoder(loaded, architecture)
     configure_decoding(loaded, decoder)
-    transcriber = Transcriber(loaded, decoder)
-    audio = decode_audio(path, transcriber.sample_rate)
-    raw_text = transcriber.transcribe_batch([audio])[0].text  # warm-up
+    graphs = OnnxGraphs(loaded, OnnxOptions(cache_dir, threads=2)) if "onnx" in backends else None
+    raws = {backend: Transcriber(loaded, decoder, encoder=graphs.offline() if backend == "onnx" else None)
+            for backend in backends}
+    audio = decode_audio(path, 16000)
+    raw_texts = {backend: raw.transcribe_batch([audio])[0].text for backend, raw in raws.items()}  # warm-up
 
-    env = {"VAD": "false", "CONCURRENCY": "0", "NUM_THREADS": "2", "DEVICE": "cpu"}
+    env = {"VAD": "false", "CONCURRENCY": "0", "NUM_THREADS": "2", "DEVICE": "cpu", "ONNX_CACHE_DIR": str(cache_dir)}
     if model:
         env["MODEL"] = model
     if architecture:
         env["ARCHITECTURE"] = architecture
-    server = ServerProcess(env)
+    servers = {}
     data = path.read_bytes()
-    raw_times, service_times = [], []
+    times = {(backend, side): [] for backend in backends for side in ("raw", "service")}
+    service_texts = {}
     try:
+        for backend in backends:
+            servers[backend] = ServerProcess({**env, "INFERENCE_BACKEND": backend})
         with httpx.Client(timeout=600) as http:
-            def post():
-                response = http.post(f"{server.url}/transcribe", files={"file": (path.name, data)})
+            def post(backend: str) -> str:
+                response = http.post(f"{servers[backend].url}/transcribe", files={"file": (path.name, data)})
                 response.raise_for_status()
                 return response.json()["text"]
 
-            service_text = post()  # warm-up
+            for backend in backends:
+                service_texts[backend] = post(backend)  # warm-up
             for _ in range(repeats):
-                started = time.perf_counter()
-                transcriber.transcribe_batch([audio])
-                raw_times.append(time.perf_counter() - started)
-                # OpenMP threads spin for a while after their work: let this process's go quiet before
-                # the server runs, and the server's before the next raw run.
-                time.sleep(1.0)
-                started = time.perf_counter()
-                post()
-                service_times.append(time.perf_counter() - started)
-                time.sleep(1.0)
+                for backend in backends:
+                    started = time.perf_counter()
+                    raws[backend].transcribe_batch([audio])
+                    times[backend, "raw"].append(time.perf_counter() - started)
+                    # Threads spin for a while after their work: let this process's go quiet before a
+                    # server runs, and the server's before the next run.
+                    time.sleep(1.0)
+                    started = time.perf_counter()
+                    post(backend)
+                    times[backend, "service"].append(time.perf_counter() - started)
+                    time.sleep(1.0)
     finally:
-        server.stop()
-    return {"raw": statistics.median(raw_times), "service": statistics.median(service_times),
-            "same_text": raw_text == service_text}
+        for server in servers.values():
+            server.stop()
+    return {"seconds": {key: statistics.median(values) for key, values in times.items()},
+            "same_text": {backend: raw_texts[backend] == service_texts[backend] == raw_texts[backends[0]]
+                          for backend in backends}}
 
 
 def main() -> None:
@@ -110,22 +123,33 @@ def main() -> None:
     # A random-weight RNNT head emits up to max_symbols tokens on every frame, which no trained model
     # does: benchmark random models with their CTC head (hybrid_bpe_ctc).
     parser.add_argument("--architecture", help="ARCHITECTURE for both the raw model and the service")
+    parser.add_argument("--backend", action="append", choices=["torch", "onnx"],
+                        help="INFERENCE_BACKEND to measure (repeat for both, measured in alternation; default torch)")
+    parser.add_argument("--seconds", type=float, default=60.0, help="length of the file")
+    parser.add_argument("--cache-dir", type=Path, default=REPO / "build" / "onnx-cache",
+                        help="ONNX_CACHE_DIR of the onnx backend")
     args = parser.parse_args()
+    backends = args.backend or ["torch"]
     from nemo_stt.allocator import jemalloc_loaded, relaunch_on_jemalloc
     from nemo_stt.settings import load_settings
 
     relaunch_on_jemalloc([sys.executable, *sys.argv], load_settings())
     with tempfile.TemporaryDirectory() as work:
-        path = Path(work) / "minute.wav"
-        duration = make_speech_file(path)
-        result = measure(args.model, args.architecture, path, args.repeats)
-    raw, service = duration / result["raw"], duration / result["service"]
+        path = Path(work) / "speech.wav"
+        duration = make_speech_file(path, args.seconds)
+        result = measure(args.model, args.architecture, path, args.repeats, backends, args.cache_dir)
     print(f"model: {args.model or 'demo'} ({args.architecture or 'default decoder'}); "
           f"{duration:.0f}-s file; {os.cpu_count()} cores, 2 threads; "
           f"{'jemalloc' if jemalloc_loaded() else 'system malloc'}")
-    print(f"raw model forward:  RTFx {raw:7.1f}")
-    print(f"POST /transcribe:   RTFx {service:7.1f}")
-    print(f"service / raw:      {service / raw:.3f}  (same text: {result['same_text']})")
+    rtfx = {key: duration / seconds for key, seconds in result["seconds"].items()}
+    for backend in backends:
+        raw, service = rtfx[backend, "raw"], rtfx[backend, "service"]
+        print(f"{backend:5s} raw model forward: RTFx {raw:7.1f}")
+        print(f"{backend:5s} POST /transcribe:  RTFx {service:7.1f}   service / raw {service / raw:.3f}  "
+              f"(same text as {backends[0]} raw: {result['same_text'][backend]})")
+    if "torch" in backends and "onnx" in backends:
+        print(f"onnx / torch: raw {rtfx['onnx', 'raw'] / rtfx['torch', 'raw']:.2f}x, "
+              f"service {rtfx['onnx', 'service'] / rtfx['torch', 'service']:.2f}x")
 
 
 if __name__ == "__main__":

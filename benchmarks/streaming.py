@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
 
 RATE = 16000
 PACKET = 0.1
@@ -46,7 +45,7 @@ def stream_audio(pause: float) -> tuple[np.ndarray, list[float]]:
 
 class Server:
     def __init__(self, model: str | None, engine: str, pause: float, architecture: str | None):
-        from conftest import free_port
+        from nemo_stt.testing import free_port
 
         self.port = free_port()
         self.url = f"ws://127.0.0.1:{self.port}/streaming"

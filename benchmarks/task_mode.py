@@ -25,7 +25,6 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tools" / "demo_model"))
-sys.path.insert(0, str(REPO / "tests"))
 
 RATE = 16000
 
@@ -94,7 +93,8 @@ def run_tasks(args, folder: Path, paths: list[Path]) -> tuple[float, list[str]]:
 
 def run_http(args, paths: list[Path]) -> tuple[float, list[str]]:
     import httpx
-    from conftest import ServerProcess
+
+    from nemo_stt.testing import ServerProcess
 
     server = ServerProcess(model_env(args))
     try:

@@ -3,6 +3,7 @@
     python benchmarks/throughput.py                          # demo model
     python benchmarks/throughput.py --model build/bench-medium.nemo --architecture hybrid_bpe_ctc
     python benchmarks/throughput.py --route transcribe --route openai    # both routes, slice by slice
+    python benchmarks/throughput.py --backend torch --backend onnx       # both backends (INFERENCE_BACKEND)
 
 In one run: the raw model (preprocessor, encoder and decoding called directly, on length-sorted
 batches, in processes of their own) on the files at several batch sizes and thread layouts, keeping
@@ -39,7 +40,6 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tools" / "demo_model"))
-sys.path.insert(0, str(REPO / "tests"))
 
 # The routes the clients can send their files to: path and form fields besides the file. Both answer JSON
 # (/transcribe with its words, OpenAI's `json` with the text alone).
@@ -93,9 +93,9 @@ class RawModel:
     """The bare model in one layout, loaded in a process of its own and kept there between measurements."""
 
     def __init__(self, model: str | None, architecture: str | None, paths: list[Path], threads: int, workers: int,
-                 batch: int):
+                 batch: int, backend: str = "torch", cache_dir: str | None = None):
         spec = {"model": model, "architecture": architecture, "threads": threads, "workers": workers, "batch": batch,
-                "files": [str(p) for p in paths]}
+                "files": [str(p) for p in paths], "backend": backend, "cache_dir": cache_dir}
         self.process = subprocess.Popen([sys.executable, __file__, "--raw-worker", json.dumps(spec)],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                         env={**os.environ, "NEMO_REDIRECT_LOGS_TO_STDERR": "1"})
@@ -122,13 +122,17 @@ def raw_worker(spec: dict) -> None:
     from nemo_stt.engine.decoding import configure_decoding, select_decoder
     from nemo_stt.engine.engine import on_passing_thread
     from nemo_stt.engine.model_loading import load_asr_model
+    from nemo_stt.engine.onnx_backend import OnnxGraphs, OnnxOptions
     from nemo_stt.engine.transcriber import Transcriber
 
     def load() -> Transcriber:
         model = load_asr_model(spec["model"], torch.device("cpu"))
         decoder = select_decoder(model, spec["architecture"])
         configure_decoding(model, decoder)
-        return Transcriber(model, decoder)
+        encoder = None
+        if spec["backend"] == "onnx":  # one session for the workers, as in the engine
+            encoder = OnnxGraphs(model, OnnxOptions(Path(spec["cache_dir"]), threads=spec["threads"])).offline()
+        return Transcriber(model, decoder, encoder=encoder)
 
     torch.set_num_threads(spec["threads"])
     # As in the engine, only the threads that run the model keep an OpenMP pool: loading on a thread
@@ -165,7 +169,7 @@ class Service:
     leaves the cores to the server), driven in slices."""
 
     def __init__(self, model: str | None, architecture: str | None, paths: list[Path], env: dict, clients: int):
-        from conftest import ServerProcess
+        from nemo_stt.testing import ServerProcess
 
         full_env = {"VAD": "false", **env}
         if model:
@@ -269,8 +273,13 @@ def main() -> None:
     parser.add_argument("--route", action="append", choices=list(ROUTES),
                         help="where the clients send their files: transcribe (POST /transcribe, the default) or "
                              "openai (POST /v1/audio/transcriptions); repeat it to compare routes")
+    parser.add_argument("--backend", action="append", choices=["torch", "onnx"],
+                        help="INFERENCE_BACKEND of the raw model and the service (repeat for both: each service "
+                             "configuration runs on each, every slice against the first backend's ceiling)")
+    parser.add_argument("--cache-dir", default=str(REPO / "build" / "onnx-cache"), help="ONNX_CACHE_DIR")
     parser.add_argument("--raw-worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    backends = list(dict.fromkeys(args.backend or ["torch"]))
     routes = list(dict.fromkeys(args.route or ["transcribe"]))
     if args.raw_worker:
         raw_worker(json.loads(args.raw_worker))
@@ -289,33 +298,18 @@ def main() -> None:
               f"{'jemalloc' if jemalloc_loaded() else 'system malloc'}; {args.clients} clients; "
               f"{args.slices} slices of {args.rounds} requests per client per configuration")
         layouts = raw_layouts(args.clients)
-        raws = [RawModel(args.model, args.architecture, paths, *layout[:3]) for layout in layouts]
-        best: list[int] = []  # the ceiling's layouts, whose processes stay
+        ceilings = {}  # each backend's two best raw layouts, whose processes stay
         try:
-            # Layouts in turn, five times, each keeping its median: drift touches them all alike.
-            measured = [[] for _ in raws]
-            for _ in range(5):
-                for raw, values in zip(raws, measured, strict=True):
-                    values.append(raw.measure(raw_repeats))
-            medians = [statistics.median(values) for values in measured]
-            for (threads, workers, batch, reachable), value in zip(layouts, medians, strict=True):
-                note = "" if reachable else f" (holds {workers * batch} requests: beyond {args.clients} clients)"
-                print(f"raw model, {workers} x {threads} threads, batch {batch}: {value:7.1f} audio-s/s{note}",
-                      flush=True)
-            mean_seconds = total / len(paths)
-            alone = {threads: mean_seconds / medians[layouts.index((threads, 1, 1, True))] * 1000 for threads in (2, 1)}
-            print(f"a request alone ({mean_seconds:.1f} s of audio on average): {alone[2]:.0f} ms on 2 threads, "
-                  f"{alone[1]:.0f} ms on 1 (what one loop of all the cores gives a request that arrives alone)",
-                  flush=True)
-            # The two best within reach: when they are close, noise alone would pick one of them.
-            best = sorted((i for i, layout in enumerate(layouts) if layout[3]), key=lambda i: -medians[i])[:2]
-        finally:
-            for index, raw in enumerate(raws):
-                if index not in best:
+            for backend in backends:
+                ceilings[backend] = measure_raw(args, backend, layouts, paths, total, raw_repeats)
+                if backend != backends[0]:  # its figures are printed; only the first's ceiling is measured again
+                    for raw in ceilings.pop(backend):
+                        raw.close()
+        except BaseException:
+            for raws in ceilings.values():
+                for raw in raws:
                     raw.close()
-        names = [f"{layouts[i][1]} x {layouts[i][0]} threads, batch {layouts[i][2]}" for i in best]
-        print(f"ceiling: the better of {' and '.join(names)} (the best raw layouts within {args.clients} requests), "
-              "measured between the service's slices", flush=True)
+            raise
         configs = {
             "batching off (1 loop x 2 threads, batch 1)": {"CONCURRENCY": "0", "NUM_THREADS": "2",
                                                           "BATCH_MAX_SIZE": "1"},
@@ -329,24 +323,65 @@ def main() -> None:
         }
         if args.only:
             configs = {label: env for label, env in configs.items() if any(text in label for text in args.only)}
-        ceiling = [raws[i] for i in best]
+        # With several backends, every slice is measured against the first backend's ceiling: the services'
+        # ratios to one reference, taken minute by minute, compare the backends.
+        ceiling = ceilings[backends[0]]
         try:
             for label, env in configs.items():
-                service = Service(args.model, args.architecture, paths, env, args.clients)
-                try:
-                    by_route = measure_service(service, ceiling, args.slices, args.rounds, raw_repeats, routes)
-                finally:
-                    service.stop()
-                for route, figures in by_route.items():
-                    where = "" if routes == ["transcribe"] else f", POST {ROUTES[route][0]}"
-                    print(f"service, {label}{where}: {figures['audio_s_per_s']:7.1f} audio-s/s, "
-                          f"{figures['ratio']:.2f} x ceiling (median of "
-                          f"{', '.join(f'{r:.2f}' for r in figures['ratios'])}; ceiling {figures['ceiling']:.1f}), "
-                          f"p50 {figures['p50']:.2f} s, p95 {figures['p95']:.2f} s, {figures['requests']} requests",
-                          flush=True)
+                for backend in backends:
+                    service = Service(args.model, args.architecture, paths,
+                                      {**env, "INFERENCE_BACKEND": backend, "ONNX_CACHE_DIR": args.cache_dir},
+                                      args.clients)
+                    try:
+                        by_route = measure_service(service, ceiling, args.slices, args.rounds, raw_repeats, routes)
+                    finally:
+                        service.stop()
+                    print_service(f"{backend}: {label}" if len(backends) > 1 else label, by_route, routes)
         finally:
-            for raw in ceiling:
+            for raws in ceilings.values():
+                for raw in raws:
+                    raw.close()
+
+
+def measure_raw(args, backend: str, layouts, paths: list[Path], total: float, raw_repeats: int) -> list[RawModel]:
+    """Every raw layout of `backend` measured in turn; the processes of its two best layouts, kept loaded."""
+    raws = [RawModel(args.model, args.architecture, paths, *layout[:3], backend=backend, cache_dir=args.cache_dir)
+            for layout in layouts]
+    best: list[int] = []
+    try:
+        # Layouts in turn, five times, each keeping its median: drift touches them all alike.
+        measured = [[] for _ in raws]
+        for _ in range(5):
+            for raw, values in zip(raws, measured, strict=True):
+                values.append(raw.measure(raw_repeats))
+        medians = [statistics.median(values) for values in measured]
+        for (threads, workers, batch, reachable), value in zip(layouts, medians, strict=True):
+            note = "" if reachable else f" (holds {workers * batch} requests: beyond {args.clients} clients)"
+            print(f"raw model ({backend}), {workers} x {threads} threads, batch {batch}: {value:7.1f} audio-s/s{note}",
+                  flush=True)
+        mean_seconds = total / len(paths)
+        alone = {threads: mean_seconds / medians[layouts.index((threads, 1, 1, True))] * 1000 for threads in (2, 1)}
+        print(f"a request alone ({backend}, {mean_seconds:.1f} s of audio on average): {alone[2]:.0f} ms on 2 threads, "
+              f"{alone[1]:.0f} ms on 1 (what one loop of all the cores gives a request that arrives alone)", flush=True)
+        # The two best within reach: when they are close, noise alone would pick one of them.
+        best = sorted((i for i, layout in enumerate(layouts) if layout[3]), key=lambda i: -medians[i])[:2]
+    finally:
+        for index, raw in enumerate(raws):
+            if index not in best:
                 raw.close()
+    names = [f"{layouts[i][1]} x {layouts[i][0]} threads, batch {layouts[i][2]}" for i in best]
+    print(f"ceiling ({backend}): the better of {' and '.join(names)} (the best raw layouts within {args.clients} "
+          "requests), measured between the service's slices", flush=True)
+    return [raws[i] for i in best]
+
+
+def print_service(label: str, by_route: dict, routes: list[str]) -> None:
+    for route, figures in by_route.items():
+        where = "" if routes == ["transcribe"] else f", POST {ROUTES[route][0]}"
+        print(f"service, {label}{where}: {figures['audio_s_per_s']:7.1f} audio-s/s, "
+              f"{figures['ratio']:.2f} x ceiling (median of "
+              f"{', '.join(f'{r:.2f}' for r in figures['ratios'])}; ceiling {figures['ceiling']:.1f}), "
+              f"p50 {figures['p50']:.2f} s, p95 {figures['p95']:.2f} s, {figures['requests']} requests", flush=True)
 
 
 if __name__ == "__main__":
