@@ -98,6 +98,7 @@ def measure(model: str | None, architecture: str | None, path: Path, repeats: in
                 service_texts[backend] = post(backend)  # warm-up
             for _ in range(repeats):
                 for backend in backends:
+                    torch.set_num_threads(1 if backend == "onnx" else 2)  # as the engine sets them
                     started = time.perf_counter()
                     raws[backend].transcribe_batch([audio])
                     times[backend, "raw"].append(time.perf_counter() - started)

@@ -2,6 +2,7 @@
 
     python benchmarks/streaming.py                                        # demo model, both engines
     python benchmarks/streaming.py --model build/bench-medium.nemo --architecture hybrid_bpe_ctc
+    python benchmarks/streaming.py --engines cache_aware --backend torch --backend onnx   # both backends
 
 For each engine (cache-aware, buffered) a `nemo-stt serve` websocket process is started; then N
 clients stream espeak speech with pauses at real-time pace (0.1-s packets), for N = 1, 2, 4, ...
@@ -44,14 +45,18 @@ def stream_audio(pause: float) -> tuple[np.ndarray, list[float]]:
 
 
 class Server:
-    def __init__(self, model: str | None, engine: str, pause: float, architecture: str | None):
+    def __init__(self, model: str | None, engine: str, pause: float, architecture: str | None,
+                 backend: str = "torch", cache_dir: str | None = None):
         from nemo_stt.testing import free_port
 
         self.port = free_port()
         self.url = f"ws://127.0.0.1:{self.port}/streaming"
         env = {**os.environ, "SERVICE_MODE": "websocket", "STREAMING_PORT": str(self.port), "DEVICE": "cpu",
                "NUM_THREADS": "2", "STREAMING_ENGINE": engine, "STREAMING_MAX_CONNECTIONS": "512",
-               "STREAMING_IDLE_TIMEOUT": "120", "STREAMING_PAUSE_FOR_FINAL": str(pause)}
+               "STREAMING_IDLE_TIMEOUT": "120", "STREAMING_PAUSE_FOR_FINAL": str(pause),
+               "INFERENCE_BACKEND": backend}
+        if cache_dir:
+            env["ONNX_CACHE_DIR"] = cache_dir
         if model:
             env["MODEL"] = model
         if architecture:
@@ -149,18 +154,22 @@ def main() -> None:
     # A random-weight RNNT head emits up to max_symbols tokens on every frame, which no trained model
     # does: benchmark random models with their CTC head (hybrid_bpe_ctc).
     parser.add_argument("--architecture", help="ARCHITECTURE for the server")
+    parser.add_argument("--backend", action="append", choices=["torch", "onnx"],
+                        help="INFERENCE_BACKEND (repeat for both; default torch)")
+    parser.add_argument("--cache-dir", default=str(REPO / "build" / "onnx-cache"), help="ONNX_CACHE_DIR")
     args = parser.parse_args()
     audio, ends = stream_audio(pause=args.pause_for_final + 1.0)
     print(f"model: {args.model or 'demo'} ({args.architecture or 'default decoder'}); "
           f"{len(audio) / RATE:.1f} s streams at real-time pace; "
           f"{os.cpu_count()} cores; STREAMING_PAUSE_FOR_FINAL={args.pause_for_final}")
-    for engine in args.engines:
-        server = Server(args.model, engine, args.pause_for_final, args.architecture)
+    for engine, backend in [(e, b) for e in args.engines for b in dict.fromkeys(args.backend or ["torch"])]:
+        server = Server(args.model, engine, args.pause_for_final, args.architecture, backend, args.cache_dir)
         held = 0
+        name = f"{engine} ({backend})"
         try:
             for streams in args.levels:
                 figures = run_level(server, audio, ends, streams)
-                print(f"{engine:11s} {streams:4d} streams: partial latency p50 {figures['p50']:.2f} s, "
+                print(f"{name:19s} {streams:4d} streams: partial latency p50 {figures['p50']:.2f} s, "
                       f"p95 {figures['p95']:.2f} s ({figures['partials']} partials); final after speech "
                       f"p50 {figures['final_p50']:.2f} s, p95 {figures['final_p95']:.2f} s; "
                       f"{figures['cpu_per_audio_s']:.3f} CPU-s per audio-s", flush=True)
@@ -169,7 +178,8 @@ def main() -> None:
                 held = streams
         finally:
             server.stop()
-        print(f"{engine}: held {held} concurrent real-time streams with p95 partial latency <= {args.max_p95:g} s")
+        print(f"{name}: held {held} concurrent real-time streams with p95 partial latency <= {args.max_p95:g} s",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -134,7 +134,8 @@ def raw_worker(spec: dict) -> None:
             encoder = OnnxGraphs(model, OnnxOptions(Path(spec["cache_dir"]), threads=spec["threads"])).offline()
         return Transcriber(model, decoder, encoder=encoder)
 
-    torch.set_num_threads(spec["threads"])
+    # With the onnx backend, as in the engine: the threads are ONNX Runtime's, torch keeps one.
+    torch.set_num_threads(1 if spec["backend"] == "onnx" else spec["threads"])
     # As in the engine, only the threads that run the model keep an OpenMP pool: loading on a thread
     # that ends, the work on the pool's threads, the same ones for every measurement.
     transcriber = on_passing_thread(load)

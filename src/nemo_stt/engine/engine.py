@@ -102,8 +102,10 @@ class Engine:
         self.threads = config.num_threads or max(1, (os.cpu_count() or 1) // workers)
         on_passing_thread(self._load)
         # After loading: libraries change it when imported (silero_vad sets one thread process-wide). On a
-        # GPU too: the loops' host work runs on these threads, and more of them than cores slows it.
-        torch.set_num_threads(self.threads)
+        # GPU too: the loops' host work runs on these threads, and more of them than cores slows it. With the
+        # onnx backend the threads are ONNX Runtime's: torch keeps one for features and decoding, since its
+        # helpers, spinning after each parallel region, would take the cores from the encoder's.
+        torch.set_num_threads(1 if self.onnx is not None else self.threads)
         self.language = config.language or ("en" if config.model is None else None)
         self.model_lock = ModelLock()
         self.batcher = Batcher(self._forward, self.sample_rate, config.batching, on_idle=self._release_memory)
@@ -120,7 +122,7 @@ class Engine:
                  "of up to %d items / %g s, VAD %s, %s attention", config.model or "demo model",
                  type(self.model).__name__, family_name(self.model), self.decoder, self.device,
                  self.backend_name, policy.workers,
-                 torch.get_num_threads(), policy.max_batch_items, policy.max_batch_seconds,
+                 self.threads, policy.max_batch_items, policy.max_batch_seconds,
                  config.vad.method if config.vad else "off",
                  (f"local above {LOCAL_ATTENTION_ABOVE:g} s" if self._attention_by_length else "local")
                  if self.local_attention else "model's own")
