@@ -26,6 +26,7 @@ from omegaconf import OmegaConf
 from nemo_stt.audio import resample
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from held_out import held_out_texts, speak_held_out
 from rnnt_loss import rnnt_loss
 from sentences import make_corpus, make_short_phrases
 from synthesize import SAMPLE_RATE, speak_corpus
@@ -299,7 +300,7 @@ def main() -> None:
     rng = random.Random(args.seed)
     np_rng = np.random.default_rng(args.seed)
 
-    test_texts = make_corpus(args.test_utterances, seed=args.seed + 1000)
+    test_texts = held_out_texts(args.test_utterances, seed=args.seed)
     train_texts = make_corpus(args.train_utterances, seed=args.seed, exclude=set(test_texts))
     # Short phrases come first in the length-sorted first epoch: a curriculum from words to sentences.
     train_texts += make_short_phrases(args.short_phrases, seed=args.seed + 1)
@@ -313,7 +314,7 @@ def main() -> None:
             train_tokenizer(train_texts, tokenizer_dir, args.vocab_size)
         started = time.time()
         train_audio, _ = speak_corpus(train_texts, seed=args.seed, variants=args.voice_variants)
-        test_audio, _ = speak_corpus(test_texts, seed=args.seed + 1000, variants=args.voice_variants)
+        test_audio = speak_held_out(test_texts, seed=args.seed, variants=args.voice_variants)
         hours = sum(len(a) for a in train_audio) / SAMPLE_RATE / 3600
         log.info("synthesized %d + %d utterances (%.2f h) in %.0f s", len(train_audio), len(test_audio), hours,
                  time.time() - started)
