@@ -96,6 +96,7 @@ def measure(model: str | None, architecture: str | None, path: Path, repeats: in
 
             for backend in backends:
                 service_texts[backend] = post(backend)  # warm-up
+            loaded_rss = {backend: rss_mb(server.process.pid) for backend, server in servers.items()}
             for _ in range(repeats):
                 for backend in backends:
                     torch.set_num_threads(1 if backend == "onnx" else 2)  # as the engine sets them
@@ -109,12 +110,21 @@ def measure(model: str | None, architecture: str | None, path: Path, repeats: in
                     post(backend)
                     times[backend, "service"].append(time.perf_counter() - started)
                     time.sleep(1.0)
+            final_rss = {backend: rss_mb(server.process.pid) for backend, server in servers.items()}
     finally:
         for server in servers.values():
             server.stop()
     return {"seconds": {key: statistics.median(values) for key, values in times.items()},
+            "rss": {backend: (loaded_rss[backend], final_rss[backend]) for backend in backends},
             "same_text": {backend: raw_texts[backend] == service_texts[backend] == raw_texts[backends[0]]
                           for backend in backends}}
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def main() -> None:
@@ -148,6 +158,8 @@ def main() -> None:
         print(f"{backend:5s} raw model forward: RTFx {raw:7.1f}")
         print(f"{backend:5s} POST /transcribe:  RTFx {service:7.1f}   service / raw {service / raw:.3f}  "
               f"(same text as {backends[0]} raw: {result['same_text'][backend]})")
+        loaded, final = result["rss"][backend]
+        print(f"{backend:5s} server RSS: {loaded:.0f} MB after its first request, {final:.0f} MB after the last")
     if "torch" in backends and "onnx" in backends:
         print(f"onnx / torch: raw {rtfx['onnx', 'raw'] / rtfx['torch', 'raw']:.2f}x, "
               f"service {rtfx['onnx', 'service'] / rtfx['torch', 'service']:.2f}x")

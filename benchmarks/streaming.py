@@ -54,7 +54,8 @@ class Server:
         env = {**os.environ, "SERVICE_MODE": "websocket", "STREAMING_PORT": str(self.port), "DEVICE": "cpu",
                "NUM_THREADS": "2", "STREAMING_ENGINE": engine, "STREAMING_MAX_CONNECTIONS": "512",
                "STREAMING_IDLE_TIMEOUT": "120", "STREAMING_PAUSE_FOR_FINAL": str(pause),
-               "INFERENCE_BACKEND": backend}
+               "INFERENCE_BACKEND": backend.removesuffix("-int8"),
+               "ONNX_QUANTIZE": "int8" if backend.endswith("-int8") else "none"}
         if cache_dir:
             env["ONNX_CACHE_DIR"] = cache_dir
         if model:
@@ -154,8 +155,9 @@ def main() -> None:
     # A random-weight RNNT head emits up to max_symbols tokens on every frame, which no trained model
     # does: benchmark random models with their CTC head (hybrid_bpe_ctc).
     parser.add_argument("--architecture", help="ARCHITECTURE for the server")
-    parser.add_argument("--backend", action="append", choices=["torch", "onnx"],
-                        help="INFERENCE_BACKEND (repeat for both; default torch)")
+    parser.add_argument("--backend", action="append", choices=["torch", "onnx", "onnx-int8"],
+                        help="INFERENCE_BACKEND (onnx-int8: with ONNX_QUANTIZE=int8); repeat it for several; "
+                             "default torch")
     parser.add_argument("--cache-dir", default=str(REPO / "build" / "onnx-cache"), help="ONNX_CACHE_DIR")
     args = parser.parse_args()
     audio, ends = stream_audio(pause=args.pause_for_final + 1.0)

@@ -216,6 +216,20 @@ def test_eof_right_after_speech_keeps_the_last_words(server, demo_engine, fixtur
     assert finals_text(messages).split()[-1] == demo_engine.transcribe(speech).text.split()[-1]
 
 
+def test_a_client_asking_for_compression_gets_plain_frames_and_its_text(server, fixture_texts):
+    async def scenario():
+        async with connect(server.url, compression="deflate") as ws:  # websockets' default, made explicit
+            extensions = ws.response.headers.get("Sec-WebSocket-Extensions")
+            await ws.send(json.dumps({"config": {"sample_rate": 16000}}))
+            await ws.send(as_pcm16(decode_audio(FIXTURES / "anna_bread.wav", 16000)))
+            await ws.send(json.dumps({"eof": 1}))
+            return extensions, [json.loads(m) async for m in ws]
+
+    extensions, messages = asyncio.run(scenario())
+    assert extensions is None  # permessage-deflate declined: audio does not compress
+    assert wer(fixture_texts["anna_bread.wav"], finals_text(messages)) <= OWN_TEXT_MAX_WER
+
+
 def test_eof_zero_does_not_end_the_stream(server, fixture_texts):
     async def scenario():
         first, second = (decode_audio(FIXTURES / name, 16000) for name in ("anna_bread.wav", "red_car.mp3"))

@@ -329,9 +329,11 @@ async def listen(server: StreamingServer, settings: Settings):
     connections left (1001)."""
     # No keepalive pings from the server: STREAMING_IDLE_TIMEOUT closes silent connections, and the pong of a
     # client under back-pressure waits behind its own audio in the socket, so pings would close a client
-    # for sending fast.
+    # for sending fast. No permessage-deflate either: PCM audio barely compresses, and inflating every frame
+    # of every stream took a large share of the event loop with many streams (clients asking for it get
+    # uncompressed frames, as the extension's negotiation allows).
     listening = serve(server.handle, "0.0.0.0", settings.STREAMING_PORT, max_size=MAX_FRAME_BYTES,
-                      max_queue=MAX_QUEUED_FRAMES, ping_interval=None)
+                      max_queue=MAX_QUEUED_FRAMES, ping_interval=None, compression=None)
     try:
         listener = await listening.__aenter__()
     except OSError as error:
