@@ -282,9 +282,15 @@ class CacheAwareStreamer:
     def _encode(self, states: list[_StreamState], first: bool) -> None:
         size = self.first_frames if first else self.shift_frames
         chunks, lengths = [], []
+        # The caches' batch dimension: NeMo's layout puts the layers first, the ONNX graphs the batch.
+        batch_dim = 0 if self._onnx is not None else 1
         for state in states:
             if state.caches is None:
-                state.caches = self.model.encoder.get_initial_cache_state(batch_size=1, device=self.device)
+                caches = self.model.encoder.get_initial_cache_state(batch_size=1, device=self.device)
+                if self._onnx is not None:
+                    caches = (caches[0].transpose(0, 1).contiguous(), caches[1].transpose(0, 1).contiguous(),
+                              caches[2])
+                state.caches = caches
                 state.feature_history = torch.zeros(self.features, 0, device=self.device)
             real = size if state.real_frames is None else max(0, min(size, state.real_frames - state.frames_encoded))
             pending = torch.cat(state.pending, dim=1) if len(state.pending) > 1 else state.pending[0]
@@ -296,8 +302,8 @@ class CacheAwareStreamer:
             state.feature_history = chunk[:, size - self.pre_cache_frames :]
         signal = torch.stack(chunks)
         lengths = torch.tensor(lengths, dtype=torch.long, device=self.device)
-        cache_channel = torch.cat([s.caches[0] for s in states], dim=1)
-        cache_time = torch.cat([s.caches[1] for s in states], dim=1)
+        cache_channel = torch.cat([s.caches[0] for s in states], dim=batch_dim)
+        cache_time = torch.cat([s.caches[1] for s in states], dim=batch_dim)
         cache_len = torch.cat([s.caches[2] for s in states], dim=0)
         if self._onnx is not None:
             encoded, encoded_len, cache_channel, cache_time, cache_len = self._onnx.step(
@@ -309,7 +315,8 @@ class CacheAwareStreamer:
                 drop_extra_pre_encoded=0 if first else self.drop_pre_encoded,
             )
         for row, state in enumerate(states):
-            state.caches = (cache_channel[:, row : row + 1], cache_time[:, row : row + 1], cache_len[row : row + 1])
+            state.caches = (cache_channel.narrow(batch_dim, row, 1), cache_time.narrow(batch_dim, row, 1),
+                            cache_len[row : row + 1])
         if self.decoder == "ctc":
             self._decode_ctc(states, encoded, encoded_len)
         else:

@@ -91,19 +91,12 @@ class OnnxStreamingEncoder:
 
     def step(self, signal: torch.Tensor, lengths: torch.Tensor, cache_channel: torch.Tensor,
              cache_time: torch.Tensor, cache_len: torch.Tensor, first: bool):
-        """As `cache_aware_stream_step(..., keep_all_outputs=False)`, caches in NeMo's layout (layers first)."""
+        """As `cache_aware_stream_step(..., keep_all_outputs=False)`, with the caches batch first (the exported
+        graph's layout, so that a stream's caches are a row of the batch's without copies)."""
         graph = self.first if first else self.next
-        encoded, encoded_len, channel, time, channel_len = graph.run(
-            _numpy(signal, np.float32), _numpy(lengths, np.int64),
-            # The exported graph takes and gives caches batch first.
-            np.ascontiguousarray(_numpy(cache_channel, np.float32).transpose(1, 0, 2, 3)),
-            np.ascontiguousarray(_numpy(cache_time, np.float32).transpose(1, 0, 2, 3)),
-            _numpy(cache_len, np.int64),
-        )
-        return (torch.from_numpy(encoded), torch.from_numpy(encoded_len),
-                torch.from_numpy(np.ascontiguousarray(channel.transpose(1, 0, 2, 3))),
-                torch.from_numpy(np.ascontiguousarray(time.transpose(1, 0, 2, 3))),
-                torch.from_numpy(channel_len))
+        outputs = graph.run(_numpy(signal, np.float32), _numpy(lengths, np.int64), _numpy(cache_channel, np.float32),
+                            _numpy(cache_time, np.float32), _numpy(cache_len, np.int64))
+        return tuple(torch.from_numpy(output) for output in outputs)
 
 
 class OnnxGraphs:
