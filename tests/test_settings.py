@@ -197,3 +197,20 @@ def test_gpu_autocast_accepts_bf16_or_off(monkeypatch):
     monkeypatch.setenv("GPU_AUTOCAST", "fp16")
     with pytest.raises(SettingsError, match="invalid GPU_AUTOCAST='fp16'"):
         load_settings()
+
+
+def test_the_onnx_backend_on_a_cpu_takes_two_loops_and_batches_of_four_unless_set():
+    assert batching(INFERENCE_BACKEND="onnx", DEVICE="cpu") == (2, 4, 120.0, 64, "bf16")
+    assert batching(INFERENCE_BACKEND="onnx", CONCURRENCY="0", BATCH_MAX_SIZE="16")[:2] == (1, 16)
+    assert batching(INFERENCE_BACKEND="torch", DEVICE="cpu")[:2] == (1, 16)
+
+
+def test_onnx_settings_are_validated_and_the_cache_follows_xdg_cache_home(monkeypatch):
+    with pytest.raises(SettingsError, match="invalid INFERENCE_BACKEND='tensorrt'"):
+        load_settings(INFERENCE_BACKEND="tensorrt")
+    with pytest.raises(SettingsError, match="invalid ONNX_QUANTIZE='int4'"):
+        load_settings(ONNX_QUANTIZE="int4")
+    monkeypatch.setenv("XDG_CACHE_HOME", "/srv/cache")
+    assert load_settings().onnx_cache_dir == "/srv/cache/nemo-stt/onnx"
+    monkeypatch.setenv("ONNX_CACHE_DIR", "/data/onnx")
+    assert load_settings().onnx_cache_dir == "/data/onnx"

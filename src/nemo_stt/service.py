@@ -1,6 +1,6 @@
 """From settings to a running engine: the one place that maps environment variables onto engine options."""
 
-from .settings import Settings, with_device_defaults
+from .settings import Settings, with_backend_defaults, with_device_defaults
 
 
 def runs_on_gpu(settings: Settings) -> bool:
@@ -13,7 +13,8 @@ def runs_on_gpu(settings: Settings) -> bool:
 def engine_config(settings: Settings):
     from .engine import BatchPolicy, EngineConfig, VadConfig
 
-    settings = with_device_defaults(settings, runs_on_gpu(settings))
+    on_gpu = runs_on_gpu(settings)
+    settings = with_backend_defaults(with_device_defaults(settings, on_gpu), on_gpu)
     batching = BatchPolicy(
         workers=settings.CONCURRENCY + 1,
         max_batch_items=settings.BATCH_MAX_SIZE,

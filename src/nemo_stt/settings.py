@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     """Read by CUDA itself; held here so that it is documented and shown at start-up."""
     CONCURRENCY: int = Field(default=0, ge=0)
     """Parallel transcriptions minus one: CONCURRENCY=0 runs one inference worker, 1 runs two (the default
-    on a GPU: see GPU_DEFAULTS)."""
+    on a GPU and with INFERENCE_BACKEND=onnx: see GPU_DEFAULTS and ONNX_DEFAULTS)."""
     GPU_AUTOCAST: Literal["bf16", "off"] = "bf16"
     """On a CUDA device, `bf16` runs the encoder under bf16 autocast when the device supports bf16 (decoding
     stays fp32); `off` runs it in fp32. No effect on the CPU."""
@@ -142,7 +142,8 @@ class Settings(BaseSettings):
 
     # Batching (every front end's requests share one queue)
     BATCH_MAX_SIZE: int = Field(default=16, ge=1)
-    """Most requests in one forward (on CPU too: measured in benchmarks/throughput.py); 64 on a GPU."""
+    """Most requests in one forward (on CPU too: measured in benchmarks/throughput.py); 64 on a GPU, 4 with
+    INFERENCE_BACKEND=onnx."""
     BATCH_MAX_AUDIO_SEC: float = Field(default=120, gt=0)
     """Most padded audio in one forward (longest item x items), in seconds; 1200 on a GPU."""
     BATCH_MAX_WAIT_MS: float = Field(default=5, ge=0)
@@ -286,6 +287,20 @@ def with_device_defaults(settings: Settings, on_gpu: bool) -> Settings:
     if not on_gpu:
         return settings
     return settings.model_copy(update={name: value for name, value in GPU_DEFAULTS.items()
+                                       if name not in settings.model_fields_set})
+
+
+# Defaults of the onnx backend on a CPU, for the variables the environment leaves unset: two inference loops
+# (NUM_THREADS then halves) sharing one ONNX Runtime session, and batches of at most 4 requests. Measured
+# in benchmarks/throughput.py: the fastest layout of the raw graph, and of the service (see the README).
+ONNX_DEFAULTS = {"CONCURRENCY": 1, "BATCH_MAX_SIZE": 4}
+
+
+def with_backend_defaults(settings: Settings, on_gpu: bool) -> Settings:
+    """`settings`, with ONNX_DEFAULTS for the variables left unset, for the onnx backend on a CPU."""
+    if settings.INFERENCE_BACKEND != "onnx" or on_gpu:
+        return settings
+    return settings.model_copy(update={name: value for name, value in ONNX_DEFAULTS.items()
                                        if name not in settings.model_fields_set})
 
 
