@@ -79,10 +79,10 @@ class CacheAwareStreamer:
 
     def __init__(self, model, decoder: DecoderKind, lookahead_ms: float | None, max_batch: int = 64,
                  model_lock: ModelLock | None = None, on_idle: Callable[[], None] | None = None,
-                 idle_after: float = 10.0, onnx=None):
+                 idle_after: float = 10.0, onnx=None, onnx_threads: int | None = None):
         """`model_lock`: shared with the engine's batcher, so that a step has the model alone; `on_idle`:
         called once after `idle_after` seconds without steps (to give freed memory back); `onnx`: the model's
-        `OnnxGraphs`, to run the encoder steps in ONNX Runtime."""
+        `OnnxGraphs`, to run the encoder steps in ONNX Runtime (on `onnx_threads` threads)."""
         self.model = model
         self._model_lock = model_lock or ModelLock()
         self._on_idle = on_idle
@@ -107,7 +107,8 @@ class CacheAwareStreamer:
         self.drop_pre_encoded = int(config.drop_extra_pre_encoded)
         try:
             self._onnx = onnx.streaming(self.att_context_size, self.pre_cache_frames, self.first_frames,
-                                        self.shift_frames, self.drop_pre_encoded) if onnx is not None else None
+                                        self.shift_frames, self.drop_pre_encoded,
+                                        onnx_threads) if onnx is not None else None
         finally:
             encoder.set_default_att_context_size(self._model_context)
         self.features = int(encoder._feat_in)

@@ -465,7 +465,9 @@ class Engine:
             with self.model_lock.exclusive():  # exporting its graphs changes the encoder's settings for a while
                 self._streamer = CacheAwareStreamer(self.model, self.decoder, params.lookahead_ms, params.max_batch,
                                                     model_lock=self.model_lock, on_idle=release_free_memory,
-                                                    onnx=self.onnx)
+                                                    onnx=self.onnx,
+                                                    # One stepping thread: all the loops' threads are its.
+                                                    onnx_threads=self.threads * self.config.batching.workers)
         self._streaming = params
         # Warm up only what serves the streams: each thread that runs torch keeps a pool of helper threads,
         # and more of them than cores slows every step (see `on_passing_thread`).

@@ -122,20 +122,21 @@ class OnnxGraphs:
         return self._graph("offline-model", lambda path: _export_encoder(self.model, path))
 
     def streaming(self, att_context_size: list[int], pre_cache_frames: int, first_frames: int,
-                  shift_frames: int, drop_pre_encoded: int) -> OnnxStreamingEncoder:
-        """The cache-aware step for the encoder's current streaming config (`set_default_att_context_size`)."""
+                  shift_frames: int, drop_pre_encoded: int, threads: int | None = None) -> OnnxStreamingEncoder:
+        """The cache-aware step for the encoder's current streaming config (`set_default_att_context_size`);
+        `threads`: its sessions' (the options' by default)."""
         context = "x".join(str(c) for c in att_context_size)
         first = self._graph(f"stream-first-{context}", lambda path: _export_streaming(
-            self.model, path, frames=first_frames, drop_pre_encoded=0))
+            self.model, path, frames=first_frames, drop_pre_encoded=0), threads)
         later = self._graph(f"stream-next-{context}", lambda path: _export_streaming(
-            self.model, path, frames=pre_cache_frames + shift_frames, drop_pre_encoded=drop_pre_encoded))
+            self.model, path, frames=pre_cache_frames + shift_frames, drop_pre_encoded=drop_pre_encoded), threads)
         return OnnxStreamingEncoder(first, later)
 
-    def _graph(self, variant: str, export) -> OnnxEncoder:
+    def _graph(self, variant: str, export, threads: int | None = None) -> OnnxEncoder:
         with self._lock:
             if variant not in self._opened:
                 path = self._cached(variant, export)
-                self._opened[variant] = OnnxEncoder(path, self.options.threads)
+                self._opened[variant] = OnnxEncoder(path, threads or self.options.threads)
             return self._opened[variant]
 
     def _cached(self, variant: str, export) -> Path:
