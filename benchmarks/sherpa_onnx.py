@@ -149,7 +149,9 @@ def export_for_sherpa(model_path: Path) -> dict[str, Path]:
         model.encoder.export(str(folder / "encoder.onnx"))
         model.decoder.export(str(folder / "decoder.onnx"))
         model.joint.export(str(folder / "joiner.onnx"))
-        _metadata(folder / "encoder.onnx", {**common, "model_type": "EncDecHybridRNNTCTCBPEModel",
+        # Here without the blank: sherpa-onnx adds it for the joiner's output.
+        _metadata(folder / "encoder.onnx", {**common, "vocab_size": model.decoder.vocab_size,
+                                            "model_type": "EncDecHybridRNNTCTCBPEModel",
                                             "pred_rnn_layers": model.decoder.pred_rnn_layers,
                                             "pred_hidden": model.decoder.pred_hidden,
                                             "comment": "the transducer branch of a hybrid"})
