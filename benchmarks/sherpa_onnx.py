@@ -19,7 +19,10 @@
 
 Features: nemo-stt computes NeMo's preprocessor (the model's normalisation, `normalize` in its config);
 sherpa-onnx computes its own fbank with the normalisation named in the metadata (`normalize_type`, empty
-for none). Token agreement therefore compares two feature front ends as well as two runtimes.
+for none). Token agreement therefore compares two feature front ends as well as two runtimes; with the
+edited joint a frame emits nothing or max_symbols tokens, so a small feature difference that flips a frame
+changes ten tokens, and the two sides' transducer decodings may do different amounts of work (the totals
+are printed).
 """
 
 import argparse
