@@ -192,3 +192,12 @@ def test_every_front_end_serves_from_the_onnx_backend(tmp_path, fixture_texts):
         assert variants == ["offline-model", "stream-first-70x13", "stream-next-70x13"], variants
     finally:
         server.stop()
+
+
+def test_an_unwritable_cache_folder_stops_start_up_with_one_line_naming_it(tmp_path):
+    from nemo_stt.engine import ModelLoadError
+
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    with pytest.raises(ModelLoadError, match=f"ONNX_CACHE_DIR={blocked}/onnx: .*writable"):
+        Engine(EngineConfig(device="cpu", num_threads=2, backend="onnx", onnx_cache_dir=str(blocked / "onnx")))

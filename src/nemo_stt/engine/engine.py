@@ -166,7 +166,14 @@ class Engine:
             self._onnx_scratch = tempfile.TemporaryDirectory(prefix="nemo-stt-onnx-")
             cache_dir = self._onnx_scratch.name
         graphs = OnnxGraphs(self.model, OnnxOptions(Path(cache_dir), self.config.onnx_quantize, self.threads))
-        graphs.offline()
+        try:
+            graphs.offline()
+        except OSError as error:
+            raise ModelLoadError(f"ONNX_CACHE_DIR={cache_dir}: {error.strerror or error} (the exported graphs are "
+                                 "kept there: make it writable, or set ONNX_CACHE_DIR to a writable folder)") from error
+        except Exception as error:
+            raise ModelLoadError(f"the encoder could not be exported to ONNX ({type(error).__name__}: "
+                                 f"{str(error).strip()[:300]}); use INFERENCE_BACKEND=torch") from error
         return graphs
 
     @property
