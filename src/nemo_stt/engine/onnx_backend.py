@@ -252,21 +252,27 @@ def _quiet_export():
 
 
 def _save_whole(source: Path, target: Path) -> None:
-    """The graph as one file when it fits protobuf's 2 GB, else beside one file of its weights."""
+    """The graph as one file when it fits protobuf's 2 GB, else beside one file of its weights (NeMo's export
+    writes a large model's weights as one file per tensor)."""
     import onnx
 
     graph = onnx.load(str(source), load_external_data=True)
-    if graph.ByteSize() < 2**31 - 2**24:
+    if not _too_large_for_one_file(source):
         onnx.save(graph, str(target))
     else:
         onnx.save(graph, str(target), save_as_external_data=True, all_tensors_to_one_file=True,
                   location=target.name + ".weights")
 
 
+def _too_large_for_one_file(graph: Path) -> bool:
+    """Whether the graph with its weights (all the files of its folder) passes protobuf's 2 GB limit."""
+    return sum(f.stat().st_size for f in graph.parent.iterdir()) > 2**31 - 2**24
+
+
 def _quantize_int8(source: Path, target: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    large = sum(f.stat().st_size for f in source.parent.iterdir()) > 2**31 - 2**24
+    large = _too_large_for_one_file(source)
     root = logging.getLogger()
     level = root.level
     root.setLevel(max(level, logging.WARNING))  # the tool logs a line per tensor at INFO on the root logger
