@@ -199,7 +199,8 @@ def test_a_meeting_gives_the_same_finals_at_real_time_eight_times_faster_and_unp
 
 
 def test_a_backlog_still_gets_partials_at_most_at_the_rate_limit(server):
-    messages = asyncio.run(stream(server.url, meeting(20), 16000, speed=float("inf")))
+    # Long enough that decoding its backlog outlasts the partials' rate limit (4 a second) several times over.
+    messages = asyncio.run(stream(server.url, meeting(120), 16000, speed=float("inf")))
     partials = [m for m in messages if "partial" in m]
     assert len(partials) >= 2
     assert [m["decoded"] for m in partials] == sorted(m["decoded"] for m in partials)

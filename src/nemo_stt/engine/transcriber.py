@@ -61,7 +61,8 @@ class Transcriber:
             signal[row, : len(audio)] = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
         return self.device_path.to_device(signal), self.device_path.to_device(lengths)
 
-    def _decode(self, signal: torch.Tensor, lengths: torch.Tensor, encoder: Encoder | None) -> list:
+    def _decode(self, signal: torch.Tensor, lengths: torch.Tensor, encoder: Encoder | None = None) -> list:
+        """Hypotheses of a padded batch; `encoder`: what runs the encoder (None: the model's own)."""
         model = self.model
         features, feature_lengths = model.preprocessor(input_signal=signal, length=lengths)
         if encoder is not None:
