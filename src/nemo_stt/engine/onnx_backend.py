@@ -140,10 +140,9 @@ class OnnxGraphs:
             return self._opened[variant]
 
     def _cached(self, variant: str, export) -> Path:
-        import onnxruntime
-
+        # The quantisation tool's version matters only to quantised graphs.
         key = _digest([self._model_key, variant, self.options.quantize, _EXPORT_FORMAT, _versions(),
-                       onnxruntime.__version__ if self.options.quantize != "none" else ""])
+                       onnxruntime_version() if self.options.quantize != "none" else ""])
         folder = self.options.cache_dir / f"{variant}-{self.options.quantize}-{key[:16]}"
         graph = folder / "encoder.onnx"
         if graph.exists():
