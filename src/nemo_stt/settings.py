@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     with NeMo's export into ONNX_CACHE_DIR; features and decoding stay NeMo's). See the README for which to pick."""
     ONNX_QUANTIZE: Literal["none", "int8"] = "none"
     """With INFERENCE_BACKEND=onnx, `int8` quantises the encoder's MatMul weights to 8 bits (dynamic
-    quantisation): smaller and faster, at some accuracy (the README gives the WER measured)."""
+    quantisation): a smaller graph; on CPUs without VNNI not faster (the README gives its speed and WER)."""
     ONNX_CACHE_DIR: str | None = None
     """Where the exported ONNX graphs are kept, keyed by the model's config and weights and the versions of
     NeMo, torch and ONNX; unset, `nemo-stt/onnx` in XDG_CACHE_HOME (`~/.cache` when unset)."""
@@ -284,10 +284,7 @@ GPU_DEFAULTS = {"BATCH_MAX_SIZE": 64, "BATCH_MAX_AUDIO_SEC": 1200.0, "CONCURRENC
 
 def with_device_defaults(settings: Settings, on_gpu: bool) -> Settings:
     """`settings`, with GPU_DEFAULTS for the variables the environment (or an override) left unset, on a GPU."""
-    if not on_gpu:
-        return settings
-    return settings.model_copy(update={name: value for name, value in GPU_DEFAULTS.items()
-                                       if name not in settings.model_fields_set})
+    return _unset_ones(settings, GPU_DEFAULTS) if on_gpu else settings
 
 
 # Defaults of the onnx backend on a CPU, for the variables the environment leaves unset: two inference loops
@@ -298,9 +295,12 @@ ONNX_DEFAULTS = {"CONCURRENCY": 1, "BATCH_MAX_SIZE": 4}
 
 def with_backend_defaults(settings: Settings, on_gpu: bool) -> Settings:
     """`settings`, with ONNX_DEFAULTS for the variables left unset, for the onnx backend on a CPU."""
-    if settings.INFERENCE_BACKEND != "onnx" or on_gpu:
-        return settings
-    return settings.model_copy(update={name: value for name, value in ONNX_DEFAULTS.items()
+    return _unset_ones(settings, ONNX_DEFAULTS) if settings.INFERENCE_BACKEND == "onnx" and not on_gpu else settings
+
+
+def _unset_ones(settings: Settings, defaults: dict) -> Settings:
+    """`settings` with `defaults` for the variables that neither the environment nor an override set."""
+    return settings.model_copy(update={name: value for name, value in defaults.items()
                                        if name not in settings.model_fields_set})
 
 
