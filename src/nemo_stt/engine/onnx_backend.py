@@ -45,12 +45,16 @@ class OnnxOptions:
 class OnnxEncoder:
     """One exported encoder graph in an ONNX Runtime session (its `run` may be called from several threads)."""
 
-    def __init__(self, path: Path, threads: int):
+    def __init__(self, path: Path, threads: int, spinning: bool = True):
+        """`spinning`: whether the session's threads wait for work by spinning (fastest when the session has the
+        cores to itself) or sleep between runs (when other work needs the cores between runs)."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        if not spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Inputs change length from call to call: a memory pattern planned for one shape does not fit the next.
@@ -124,19 +128,21 @@ class OnnxGraphs:
     def streaming(self, att_context_size: list[int], pre_cache_frames: int, first_frames: int,
                   shift_frames: int, drop_pre_encoded: int, threads: int | None = None) -> OnnxStreamingEncoder:
         """The cache-aware step for the encoder's current streaming config (`set_default_att_context_size`);
-        `threads`: its sessions' (the options' by default)."""
+        `threads`: its sessions' (the options' by default). Their threads sleep between steps: the event loop
+        that receives the streams' audio needs a core between steps, which spinning threads would hold."""
         context = "x".join(str(c) for c in att_context_size)
         first = self._graph(f"stream-first-{context}", lambda path: _export_streaming(
-            self.model, path, frames=first_frames, drop_pre_encoded=0), threads)
+            self.model, path, frames=first_frames, drop_pre_encoded=0), threads, spinning=False)
         later = self._graph(f"stream-next-{context}", lambda path: _export_streaming(
-            self.model, path, frames=pre_cache_frames + shift_frames, drop_pre_encoded=drop_pre_encoded), threads)
+            self.model, path, frames=pre_cache_frames + shift_frames, drop_pre_encoded=drop_pre_encoded),
+            threads, spinning=False)
         return OnnxStreamingEncoder(first, later)
 
-    def _graph(self, variant: str, export, threads: int | None = None) -> OnnxEncoder:
+    def _graph(self, variant: str, export, threads: int | None = None, spinning: bool = True) -> OnnxEncoder:
         with self._lock:
             if variant not in self._opened:
                 path = self._cached(variant, export)
-                self._opened[variant] = OnnxEncoder(path, threads or self.options.threads)
+                self._opened[variant] = OnnxEncoder(path, threads or self.options.threads, spinning)
             return self._opened[variant]
 
     def _cached(self, variant: str, export) -> Path:
