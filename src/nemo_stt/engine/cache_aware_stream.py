@@ -27,6 +27,7 @@ from ..results import Word
 from .decoding import DecoderKind
 from .model_lock import ModelLock
 from .stream import Segment, Stream
+from .transducer_greedy import GreedyTransducer
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,9 @@ class CacheAwareStreamer:
         self._on_idle = on_idle
         self._idle_after = idle_after
         self.decoder = decoder
+        # On a CPU, RNNT chunks are decoded by the NumPy greedy decoder where it gives NeMo's results.
+        greedy = GreedyTransducer.for_decoding(model.decoding) if decoder == "rnnt" else None
+        self._greedy = greedy if greedy is not None and greedy.streams else None
         encoder = model.encoder
         stride = float(model.cfg.preprocessor.window_stride)
         self.sample_rate = int(model.cfg.preprocessor.sample_rate)
@@ -350,6 +354,13 @@ class CacheAwareStreamer:
 
     def _decode_rnnt(self, states: list[_StreamState], encoded: torch.Tensor, encoded_len: torch.Tensor) -> None:
         from nemo.collections.asr.parts.utils.rnnt_utils import Hypothesis
+
+        if self._greedy is not None:
+            decoded = self._greedy.decode_chunks(encoded, encoded_len, [s.decoder_state for s in states])
+            for state, (tokens, decoder_state) in zip(states, decoded, strict=True):
+                state.tokens.extend(tokens)
+                state.decoder_state = decoder_state
+            return
 
         # Fresh hypotheses carrying only the decoder state: NeMo appends this chunk's tokens to them, with
         # times counted from the stream's first frame (the state holds how many frames were decoded).

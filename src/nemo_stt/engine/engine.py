@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from ..audio import AudioSource, AudioStream, decodes_quickly
 from ..results import Transcript, Word
@@ -106,6 +107,9 @@ class Engine:
         # onnx backend the threads are ONNX Runtime's: torch keeps one for features and decoding, since its
         # helpers, spinning after each parallel region, would take the cores from the encoder's.
         torch.set_num_threads(1 if self.onnx is not None else self.threads)
+        # NumPy's BLAS runs the CPU transducer decoder's small products (`transducer_greedy`): one thread,
+        # since more would spin against the inference loops' own.
+        threadpool_limits(1, user_api="blas")
         self.language = config.language or ("en" if config.model is None else None)
         self.model_lock = ModelLock()
         self.batcher = Batcher(self._forward, self.sample_rate, config.batching, on_idle=self._release_memory)

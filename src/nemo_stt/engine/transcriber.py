@@ -14,6 +14,7 @@ import torch
 from ..results import Transcript, Word
 from .decoding import DecoderKind
 from .gpu import DevicePath
+from .transducer_greedy import GreedyTransducer
 
 Encoder = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 """(features, lengths) -> (encoded, encoded lengths): the model's encoder, or an ONNX Runtime session of it."""
@@ -34,6 +35,7 @@ class Transcriber:
         self.frame_seconds = stride * int(getattr(model.encoder, "subsampling_factor", 1))
         # NeMo's decoding objects keep per-call buffers: serialise decoding, not the encoder.
         self._decode_lock = threading.Lock()
+        self._greedy: tuple[object, GreedyTransducer | None] | None = None
 
     @torch.inference_mode()
     def transcribe_batch(self, audios: list[np.ndarray], in_torch: bool = False) -> list[Transcript]:
@@ -80,6 +82,9 @@ class Transcriber:
                     return decoding.ctc_decoder_predictions_tensor(
                         log_probs, decoder_lengths=encoded_lengths, return_hypotheses=True
                     )
+                greedy = self._greedy_transducer()
+                if greedy is not None:
+                    return greedy.predictions(encoded, encoded_lengths)
                 return model.decoding.rnnt_decoder_predictions_tensor(
                     encoder_output=encoded, encoded_lengths=encoded_lengths, return_hypotheses=True
                 )
@@ -87,6 +92,13 @@ class Transcriber:
                 # NeMo's CUDA-graph decoders reuse their buffers from call to call: the next loop's
                 # stream may write them only once this decoding has run.
                 self.device_path.synchronize()
+
+    def _greedy_transducer(self) -> GreedyTransducer | None:
+        """The CPU greedy decoder for the model's current RNNT decoding, where it gives NeMo's results."""
+        decoding = self.model.decoding
+        if self._greedy is None or self._greedy[0] is not decoding:
+            self._greedy = (decoding, GreedyTransducer.for_decoding(decoding))
+        return self._greedy[1]
 
     def _to_transcript(self, hypothesis, duration: float) -> Transcript:
         if isinstance(hypothesis, list):  # n-best lists: take the best
