@@ -6,7 +6,7 @@
 
 For each model: the encoder outputs of 24 synthetic sentences of 3 to 6 s and of a 60-s file are computed
 once; then, in alternated rounds, each decoder decodes them: the short files one at a time (batch 1),
-in batches of 4, and the long file. Both are timed as the engine calls them (NeMo's
+in batches of 4 and of 16, and the long file. Both are timed as the engine calls them (NeMo's
 `rnnt_decoder_predictions_tensor` with the engine's decoding config; `GreedyTransducer.predictions`), with
 their post-processing into words, timestamps and confidences, on one thread. Printed: milliseconds of
 decoding per second of audio (median over rounds), the ratio, the tokens emitted per encoder frame, and
@@ -76,8 +76,8 @@ def bench(path: str, short: list[np.ndarray], long: np.ndarray, rounds: int) -> 
         raise SystemExit(f"{path}: the NumPy decoder does not serve this model")
     workloads = {
         "3-6-s files, batch 1": ([encode(model, [audio]) for audio in short], sum(map(len, short))),
-        "3-6-s files, batch 4": ([encode(model, short[i: i + 4]) for i in range(0, len(short), 4)],
-                                 sum(map(len, short))),
+        **{f"3-6-s files, batch {size}": ([encode(model, short[i: i + size]) for i in range(0, len(short), size)],
+                                          sum(map(len, short))) for size in (4, 16)},
         f"{len(long) / SAMPLE_RATE:.0f}-s file": ([encode(model, [long])], len(long)),
     }
     decoders = {

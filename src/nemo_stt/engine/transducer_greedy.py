@@ -50,7 +50,8 @@ class _Prediction:
         for layer in range(lstm.num_layers):
             weights = [getattr(lstm, f"{name}_l{layer}").detach().float().numpy()
                        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-            self._layers.append((weights[0].T.copy(), weights[1].T.copy(), weights[2] + weights[3]))
+            # Transposed views of PyTorch's weights (BLAS reads them as they are): no copies are kept.
+            self._layers.append((weights[0].T, weights[1].T, weights[2] + weights[3]))
         self._hidden = lstm.hidden_size
         self._embedding = embedding
         # The first layer's input gates depend on the label alone: each label's row is computed once, when
@@ -58,8 +59,8 @@ class _Prediction:
         # input weights at every step.
         self._first_gates = np.empty((len(embedding), 4 * self._hidden), np.float32)
         self._known = np.zeros(len(embedding), bool)
-        self._projection = joint.pred.weight.detach().float().numpy().T.copy()
-        self._projection_bias = joint.pred.bias.detach().float().numpy().copy()
+        self._projection = joint.pred.weight.detach().float().numpy().T
+        self._projection_bias = joint.pred.bias.detach().float().numpy()
 
     @staticmethod
     def supports(decoder, joint) -> bool:
@@ -140,8 +141,8 @@ class GreedyTransducer:
         if len(layers) != 2 or type(layers[0]) not in _ACTIVATIONS or not isinstance(layers[1], torch.nn.Linear):
             return None
         linear = layers[1]
-        weight = linear.weight.detach().float().numpy().T.copy()
-        bias = linear.bias.detach().float().numpy().copy()
+        weight = linear.weight.detach().float().numpy().T
+        bias = linear.bias.detach().float().numpy()
         return cls(decoding, greedy, computer, _ACTIVATIONS[type(layers[0])], weight, bias)
 
     def predictions(self, encoder_output: torch.Tensor, encoded_lengths: torch.Tensor) -> list:
