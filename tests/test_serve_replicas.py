@@ -29,15 +29,17 @@ from .conftest import FIXTURES, REPO, ServerProcess, free_port
 from .test_task_mode import Worker, redis_port, send  # noqa: F401 (redis_port: the module's Redis server)
 from .test_websocket import stream
 
+# On the CPU, transducers decode with the engine's NumPy greedy decoder (engine/transducer_greedy.py).
+GREEDY = "rnnt (NumPy greedy)"
 # replica (benchmarks/make_replicas.py --small) -> the model class, family and decoder the start-up log
 # names, and the streaming engine that STREAMING_ENGINE=auto picks for it
 FAMILIES = {
     "parakeet-ctc-1.1b": ("EncDecCTCModelBPE", "CTC", "ctc", "buffered"),
-    "parakeet-tdt-0.6b-v2": ("EncDecRNNTBPEModel", "TDT", "rnnt", "buffered"),
-    "parakeet-tdt-0.6b-v3": ("EncDecRNNTBPEModel", "TDT", "rnnt", "buffered"),
-    "stt_fr_fastconformer_hybrid_large_pc": ("EncDecHybridRNNTCTCBPEModel", "hybrid RNNT+CTC", "rnnt", "buffered"),
+    "parakeet-tdt-0.6b-v2": ("EncDecRNNTBPEModel", "TDT", GREEDY, "buffered"),
+    "parakeet-tdt-0.6b-v3": ("EncDecRNNTBPEModel", "TDT", GREEDY, "buffered"),
+    "stt_fr_fastconformer_hybrid_large_pc": ("EncDecHybridRNNTCTCBPEModel", "hybrid RNNT+CTC", GREEDY, "buffered"),
     "stt_en_fastconformer_hybrid_medium_streaming_80ms_pc": ("EncDecHybridRNNTCTCBPEModel", "hybrid RNNT+CTC",
-                                                             "rnnt", "cache-aware"),
+                                                             GREEDY, "cache-aware"),
 }
 # The multilingual replica runs with LANGUAGE set: results report it, or the language a request names
 # (the model itself reports none).
@@ -63,7 +65,7 @@ def environment(name: str) -> dict[str, str]:
 def assert_logs_family(log: str, name: str) -> None:
     model_class, family, decoder, _ = FAMILIES[name]
     ready = [line for line in log.splitlines() if "model ready" in line]
-    assert ready and re.search(rf"\({re.escape(model_class)}: {re.escape(family)}, {decoder} decoding\)",
+    assert ready and re.search(rf"\({re.escape(model_class)}: {re.escape(family)}, {re.escape(decoder)} decoding\)",
                                ready[0]), log[-2000:]
 
 

@@ -102,7 +102,7 @@ def test_nemos_decoder_is_kept_where_the_greedy_decoder_would_not_give_its_resul
         cfg.strategy = "greedy"  # NeMo's frame-by-frame decoder, not label looping
     model.change_decoding_strategy(decoding_cfg=cfg, verbose=False)
     assert GreedyTransducer.for_decoding(model.decoding) is None
-    assert Transcriber(model, "rnnt")._greedy_transducer() is None
+    assert Transcriber(model, "rnnt").greedy_transducer() is None
 
     model = load(model_paths["rnnt"])
     model.joint.temperature = 2.0
@@ -111,7 +111,7 @@ def test_nemos_decoder_is_kept_where_the_greedy_decoder_would_not_give_its_resul
 
 def test_the_transcriber_decodes_transducers_with_it_on_the_cpu(model_paths):
     transcriber = Transcriber(load(model_paths["demo"]), "rnnt")
-    assert transcriber._greedy_transducer() is not None
+    assert transcriber.greedy_transducer() is not None
     anna = decode_audio(FIXTURES / "anna_bread.wav", 16000)
     (transcript,) = transcriber.transcribe_batch([anna])
     assert transcript.text == "anna bought the bread at the market"

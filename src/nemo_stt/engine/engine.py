@@ -124,7 +124,9 @@ class Engine:
         policy = config.batching
         log.info("model ready: %s (%s: %s, %s decoding) on %s, %s; %d inference loop(s) x %d thread(s), batches "
                  "of up to %d items / %g s, VAD %s, %s attention", config.model or "demo model",
-                 type(self.model).__name__, family_name(self.model), self.decoder, self.device,
+                 type(self.model).__name__, family_name(self.model),
+                 "rnnt (NumPy greedy)" if self.decoder == "rnnt" and self.transcriber.greedy_transducer() is not None
+                 else self.decoder, self.device,
                  self.backend_name, policy.workers,
                  self.threads, policy.max_batch_items, policy.max_batch_seconds,
                  config.vad.method if config.vad else "off",

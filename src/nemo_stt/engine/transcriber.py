@@ -82,7 +82,7 @@ class Transcriber:
                     return decoding.ctc_decoder_predictions_tensor(
                         log_probs, decoder_lengths=encoded_lengths, return_hypotheses=True
                     )
-                greedy = self._greedy_transducer()
+                greedy = self.greedy_transducer()
                 if greedy is not None:
                     return greedy.predictions(encoded, encoded_lengths)
                 return model.decoding.rnnt_decoder_predictions_tensor(
@@ -93,7 +93,7 @@ class Transcriber:
                 # stream may write them only once this decoding has run.
                 self.device_path.synchronize()
 
-    def _greedy_transducer(self) -> GreedyTransducer | None:
+    def greedy_transducer(self) -> GreedyTransducer | None:
         """The CPU greedy decoder for the model's current RNNT decoding, where it gives NeMo's results."""
         decoding = self.model.decoding
         if self._greedy is None or self._greedy[0] is not decoding:
