@@ -4,13 +4,13 @@
     python benchmarks/transducer_decoding.py --models demo build/sherpa/bench-emitting.nemo \\
         build/replicas/parakeet-tdt-0.6b-v2-emitting.nemo
 
-For each model: the encoder outputs of 24 synthetic sentences of 3 to 6 s and of a 60-s file are computed
-once; then, in alternated rounds, each decoder decodes them: the short files one at a time (batch 1),
-in batches of 4 and of 16, and the long file. Both are timed as the engine calls them (NeMo's
-`rnnt_decoder_predictions_tensor` with the engine's decoding config; `GreedyTransducer.predictions`), with
-their post-processing into words, timestamps and confidences, on one thread. Printed: milliseconds of
-decoding per second of audio (median over rounds), the ratio, the tokens emitted per encoder frame, and
-whether both gave the same tokens and frames.
+For each model: the encoder outputs of 24 synthetic sentences of 3 to 6 s and of a 60-s file (those of
+`sherpa_onnx.py`) are computed once; then, in alternated rounds, each decoder decodes them: the short
+files one at a time (batch 1), in batches of 4 and of 16, and the long file. Both are timed as the engine
+calls them (NeMo's `rnnt_decoder_predictions_tensor` with the engine's decoding config;
+`GreedyTransducer.predictions`), with their post-processing into words, timestamps and confidences, on
+one thread. Printed: milliseconds of decoding per second of audio (median over rounds), the ratio, the
+tokens emitted per encoder frame, and whether both gave the same tokens and frames.
 
 Random-weight models emit max_symbols tokens on every frame: use the `-emitting` files of
 `make_replicas.py --emission-rate` and of `sherpa_onnx.py` (whose joints emit about as a trained model
@@ -28,27 +28,16 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tools" / "demo_model"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 SAMPLE_RATE = 16000
 
 
 def make_audio(files: int, long_seconds: float) -> tuple[list[np.ndarray], np.ndarray]:
-    from sentences import make_corpus
-    from synthesize import speak
+    """The audio of `sherpa_onnx.py` (this folder's benchmark, not the package): the same files for both."""
+    from sherpa_onnx import make_audio as sherpa_audio
 
-    short = []
-    for sentence in make_corpus(20 * files, seed=11):
-        audio = speak(sentence)
-        if 3 * SAMPLE_RATE <= len(audio) <= 6 * SAMPLE_RATE:
-            short.append(audio)
-            if len(short) == files:
-                break
-    pieces, total = [], 0
-    for sentence in make_corpus(200, seed=60):
-        pieces.append(np.concatenate([speak(sentence), np.zeros(SAMPLE_RATE // 3, np.float32)]))
-        total += len(pieces[-1])
-        if total >= long_seconds * SAMPLE_RATE:
-            break
-    return short, np.concatenate(pieces)[: int(long_seconds * SAMPLE_RATE)]
+    short, long = sherpa_audio(files, long_seconds)
+    return [np.load(path) for path in short], np.load(long)
 
 
 def encode(model, audios: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
