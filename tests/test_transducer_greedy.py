@@ -164,3 +164,33 @@ def test_streamed_chunks_decode_to_nemos_tokens_frames_and_confidences(model_pat
 
 def test_tdt_chunks_stay_with_nemos_decoder(model_paths):
     assert not GreedyTransducer.for_decoding(load(model_paths["tdt"]).decoding).streams
+
+
+@pytest.mark.parametrize("activation", [torch.nn.Tanh, torch.nn.Sigmoid])
+def test_joints_with_tanh_or_sigmoid_decode_as_nemo_does(model_paths, batch, activation):
+    model = load(model_paths["rnnt"])
+    model.joint.joint_net[0] = activation()
+    assert_same_as_nemo(model, batch)
+
+
+def test_saturated_lstm_gates_decode_as_nemo_does_without_overflow_warnings(model_paths, batch):
+    model = load(model_paths["tdt-2-layers"])
+    with torch.no_grad():  # pre-activations of -200 and +200: exp(200) overflows float32
+        lstm = model.decoder.prediction["dec_rnn"].lstm
+        lstm.bias_ih_l0[: lstm.hidden_size] = -200.0
+        lstm.bias_ih_l1[lstm.hidden_size: 2 * lstm.hidden_size] = 200.0
+    with np.errstate(all="raise"):
+        assert_same_as_nemo(model, batch)
+
+
+def assert_same_as_nemo(model, batch) -> None:
+    greedy = GreedyTransducer.for_decoding(model.decoding)
+    assert greedy is not None
+    with torch.inference_mode():
+        encoded, lengths = model.forward(input_signal=batch[0], input_signal_length=batch[1])
+        expected = model.decoding.rnnt_decoder_predictions_tensor(encoded, lengths, return_hypotheses=True)
+        got = greedy.predictions(encoded, lengths)
+    for reference, hypothesis in zip(expected, got, strict=True):
+        assert hypothesis.y_sequence.tolist() == reference.y_sequence.tolist()
+        assert hypothesis.timestamp["timestep"] == reference.timestamp["timestep"]
+        assert np.allclose(hypothesis.word_confidence, reference.word_confidence, atol=1e-5)

@@ -23,8 +23,13 @@ import torch
 _ACTIVATIONS = {
     torch.nn.ReLU: lambda x: np.maximum(x, 0.0, out=x),
     torch.nn.Tanh: lambda x: np.tanh(x, out=x),
-    torch.nn.Sigmoid: lambda x: np.reciprocal(np.add(np.exp(np.negative(x, out=x), out=x), 1.0, out=x), out=x),
+    torch.nn.Sigmoid: lambda x: _sigmoid(x),
 }
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    # Through tanh, which saturates where exp(-x) would overflow (and warn) for large negative inputs.
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 # Frames whose joint outputs are computed together while looking for the next token: a block costs about
 # one frame's worth of overhead, and frames past an emission are recomputed with the new prediction.
@@ -91,9 +96,9 @@ class _Prediction:
         for layer, (input_weight, hidden_weight, bias) in enumerate(self._layers):
             inputs = self._first_gates[label] if layer == 0 else x @ input_weight + bias
             gates = inputs + hidden[layer] @ hidden_weight
-            sig = 1.0 / (1.0 + np.exp(-gates[: 2 * size]))
+            sig = _sigmoid(gates[: 2 * size])
             cell[layer] = sig[size:] * cell[layer] + sig[:size] * np.tanh(gates[2 * size: 3 * size])
-            hidden[layer] = np.tanh(cell[layer]) / (1.0 + np.exp(-gates[3 * size:]))
+            hidden[layer] = np.tanh(cell[layer]) * _sigmoid(gates[3 * size:])
             x = hidden[layer]
         return x @ self._projection + self._projection_bias, (hidden, cell)
 
