@@ -61,15 +61,19 @@ def load(path: Path):
     return model
 
 
-@pytest.mark.parametrize("name", ["rnnt", "tdt", "tdt-2-layers", "hybrid", "demo"])
-def test_the_greedy_decoder_gives_nemos_tokens_frames_durations_words_and_confidences(model_paths, batch, name):
-    model = load(model_paths[name])
+def decode_both(model, batch) -> tuple[list, list]:
+    """NeMo's hypotheses and the NumPy decoder's for the batch, from the same encoder outputs."""
     greedy = GreedyTransducer.for_decoding(model.decoding)
     assert greedy is not None
     with torch.inference_mode():
         encoded, lengths = model.forward(input_signal=batch[0], input_signal_length=batch[1])
         expected = model.decoding.rnnt_decoder_predictions_tensor(encoded, lengths, return_hypotheses=True)
-        got = greedy.predictions(encoded, lengths)
+        return expected, greedy.predictions(encoded, lengths)
+
+
+@pytest.mark.parametrize("name", ["rnnt", "tdt", "tdt-2-layers", "hybrid", "demo"])
+def test_the_greedy_decoder_gives_nemos_tokens_frames_durations_words_and_confidences(model_paths, batch, name):
+    expected, got = decode_both(load(model_paths[name]), batch)
     emitted = 0
     for reference, hypothesis in zip(expected, got, strict=True):
         assert hypothesis.y_sequence.tolist() == reference.y_sequence.tolist()
@@ -184,12 +188,7 @@ def test_saturated_lstm_gates_decode_as_nemo_does_without_overflow_warnings(mode
 
 
 def assert_same_as_nemo(model, batch) -> None:
-    greedy = GreedyTransducer.for_decoding(model.decoding)
-    assert greedy is not None
-    with torch.inference_mode():
-        encoded, lengths = model.forward(input_signal=batch[0], input_signal_length=batch[1])
-        expected = model.decoding.rnnt_decoder_predictions_tensor(encoded, lengths, return_hypotheses=True)
-        got = greedy.predictions(encoded, lengths)
+    expected, got = decode_both(model, batch)
     for reference, hypothesis in zip(expected, got, strict=True):
         assert hypothesis.y_sequence.tolist() == reference.y_sequence.tolist()
         assert hypothesis.timestamp["timestep"] == reference.timestamp["timestep"]
