@@ -1,6 +1,7 @@
 """Loading a NeMo ASR model from a `.nemo` file, a Hugging Face id, or the embedded demo model."""
 
 import contextlib
+import gc
 import logging
 import os
 from importlib import resources
@@ -64,6 +65,9 @@ def load_asr_model(source: str | None, device: torch.device):
     model.eval()
     model.to(device)
     _make_features_deterministic(model)
+    # NeMo's restore leaves the mapped checkpoint's tensors in reference cycles: collect them now, or the
+    # file's pages stay mapped (and counted in RSS) until some later collection runs.
+    gc.collect()
     release_free_memory()  # what restoring freed (the checkpoint's tensors): as much as the model again
     return model
 
