@@ -10,9 +10,9 @@ confidences from NeMo's confidence method), which NeMo's decoding then turns int
 and word confidences.
 
 Only what it reproduces exactly is taken: greedy label looping, a blank-as-pad LSTM prediction network
-(NeMo's `LSTMDropout`, any number of layers, no projection), a joint
-of the form activation -> [dropout] -> linear with no adapters and temperature 1, no fusion models or
-biasing, no alignments, and no state carried between calls. Anything else keeps NeMo's decoder.
+(NeMo's `LSTMDropout`, any number of layers, no projection), a joint of the form activation -> [dropout]
+-> linear with no adapters and temperature 1, no fusion models or biasing, and no alignments. Anything
+else keeps NeMo's decoder.
 """
 
 from dataclasses import dataclass
@@ -20,16 +20,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-_ACTIVATIONS = {
-    torch.nn.ReLU: lambda x: np.maximum(x, 0.0, out=x),
-    torch.nn.Tanh: lambda x: np.tanh(x, out=x),
-    torch.nn.Sigmoid: lambda x: _sigmoid(x),
-}
-
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     # Through tanh, which saturates where exp(-x) would overflow (and warn) for large negative inputs.
     return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+_ACTIVATIONS = {
+    torch.nn.ReLU: lambda x: np.maximum(x, 0.0, out=x),
+    torch.nn.Tanh: lambda x: np.tanh(x, out=x),
+    torch.nn.Sigmoid: _sigmoid,
+}
 
 # Frames whose joint outputs are computed together while looking for the next token: a block costs about
 # one frame's worth of overhead, and frames past an emission are recomputed with the new prediction.
@@ -188,7 +189,7 @@ class GreedyTransducer:
             start = None if state is None else (state.prediction, state.lstm)
             offset = 0 if state is None else state.frames
             labels, stamps, _, rows, (prediction, lstm) = self._decode_one(frames, length, start)
-            confidences = self._confidences(rows)
+            confidences = self._confidences(self._log_probs(rows))
             if confidences is None:
                 confidences = [1.0] * len(labels)
             tokens = [(label, offset + stamp, float(conf))
@@ -244,17 +245,18 @@ class GreedyTransducer:
                 time += 1
         return labels, stamps, durations, rows, (prediction, state)
 
-    def _log_probs(self, rows: list[np.ndarray]) -> torch.Tensor:
+    @staticmethod
+    def _log_probs(rows: list[np.ndarray]) -> torch.Tensor | None:
         # NeMo's joint on a CPU returns log-probabilities over all its outputs (TDT durations included).
-        return torch.from_numpy(np.stack(rows)).log_softmax(-1)
+        return torch.from_numpy(np.stack(rows)).log_softmax(-1) if rows else None
 
-    def _confidences(self, rows: list[np.ndarray]) -> list[float] | None:
-        """NeMo's step confidences of the emitting steps (None where decoding keeps none)."""
+    def _confidences(self, log_probs: torch.Tensor | None) -> list[float] | None:
+        """NeMo's step confidences of the emitting steps, from their `_log_probs` (None where decoding keeps
+        none)."""
         if not self._computer.preserve_step_confidence:
             return None
-        if not rows:
+        if log_probs is None:
             return []
-        log_probs = self._log_probs(rows)
         if self._durations is not None:
             return self._computer._get_step_confidence(log_probs, len(self._durations)).tolist()
         return self._computer._get_step_confidence(log_probs).tolist()
@@ -262,10 +264,11 @@ class GreedyTransducer:
     def _hypothesis(self, labels, stamps, durations, rows):
         from nemo.collections.asr.parts.utils.rnnt_utils import Hypothesis
 
+        log_probs = self._log_probs(rows)
         score = 0.0
-        if rows:
-            score = float(self._log_probs(rows)[torch.arange(len(labels)), torch.tensor(labels)].sum())
-        confidence = self._confidences(rows)
+        if log_probs is not None:
+            score = float(log_probs[torch.arange(len(labels)), torch.tensor(labels)].sum())
+        confidence = self._confidences(log_probs)
         include_durations = self._durations is not None and getattr(self._computer, "include_duration", False)
         return Hypothesis(
             score=score,
