@@ -1,11 +1,14 @@
-"""Held-out WER of the embedded demo model with its encoder in PyTorch, in ONNX Runtime (fp32) and in int8.
+"""Held-out WER of the embedded demo model with its encoder in PyTorch (fp32 and under bf16 autocast), in ONNX
+Runtime (fp32) and in int8.
 
     python benchmarks/onnx_accuracy.py                   # the 300 held-out utterances
     python benchmarks/onnx_accuracy.py --utterances 20   # a quick look
+    python benchmarks/onnx_accuracy.py --encoders torch,torch-bf16
 
 The held-out set is the demo model's own (`tools/demo_model/held_out.py`, as `train.py` builds it),
 so the PyTorch offline figures are comparable to the published ones in the model's `metrics.json`.
-For each decoder (RNNT and CTC of the hybrid) and each encoder (torch, onnx fp32, onnx int8):
+For each decoder (RNNT and CTC of the hybrid) and each encoder (torch, torch with CPU_AUTOCAST=bf16, onnx
+fp32, onnx int8):
 
 - offline: `transcribe_batch` in batches of 16, VAD off;
 - streaming: every utterance through the cache-aware engine at the model's default look-ahead, pushed
@@ -13,7 +16,8 @@ For each decoder (RNNT and CTC of the hybrid) and each encoder (torch, onnx fp32
   Many streams run at once, as on a server: their steps are batched.
 
 Prints WER (%) on lowercased texts (jiwer) per decoder x mode x encoder, and the int8 delta against
-fp32 in absolute points, against the goal of int8 within +0.5 of fp32.
+onnx fp32 and the bf16 one against torch fp32 in absolute points, against the goal of either within +0.5.
+The cache-aware streaming step runs in fp32 whatever CPU_AUTOCAST says (see the engine's `gpu`).
 """
 
 import argparse
@@ -31,9 +35,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tools" / "demo_model"))
 
 DECODERS = {"rnnt": "hybrid_bpe_rnnt", "ctc": "hybrid_bpe_ctc"}
-ENCODERS = {"torch": ("torch", "none"), "onnx-fp32": ("onnx", "none"), "onnx-int8": ("onnx", "int8")}
+ENCODERS = {"torch": ("torch", "none", "off"), "torch-bf16": ("torch", "none", "bf16"),
+            "onnx-fp32": ("onnx", "none", "off"), "onnx-int8": ("onnx", "int8", "off")}
+REDUCED = {"onnx-int8": "onnx-fp32", "torch-bf16": "torch"}  # each reduced precision against its fp32
 MODES = ("offline", "streaming")
-INT8_GOAL = 0.5  # absolute WER points int8 may lose against fp32
+GOAL = 0.5  # absolute WER points a reduced precision may lose against fp32
 PIECE_SECONDS = 0.2
 
 
@@ -73,9 +79,10 @@ def measure(decoder: str, encoder: str, audios: list[np.ndarray], texts: list[st
     from nemo_stt.engine import Engine, EngineConfig
     from nemo_stt.engine.stream import StreamingParams
 
-    backend, quantize = ENCODERS[encoder]
+    backend, quantize, autocast = ENCODERS[encoder]
     engine = Engine(EngineConfig(device="cpu", num_threads=args.threads, architecture=DECODERS[decoder],
-                                 backend=backend, onnx_quantize=quantize, onnx_cache_dir=str(args.cache_dir)))
+                                 backend=backend, onnx_quantize=quantize, onnx_cache_dir=str(args.cache_dir),
+                                 cpu_autocast=autocast))
     results = {}
     try:
         for mode in MODES:
@@ -108,8 +115,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16, help="offline batch size")
     parser.add_argument("--streams", type=int, default=64, help="streams open at once (and encoded per step)")
+    parser.add_argument("--encoders", default=",".join(ENCODERS), help="comma-separated, of " + ", ".join(ENCODERS))
     parser.add_argument("--json", type=Path, help="also write every figure and hypothesis here")
     args = parser.parse_args()
+    encoders = [e for e in ENCODERS if e in args.encoders.split(",")]
 
     from held_out import held_out_set
     from nemo.utils import logging as nemo_logging
@@ -125,36 +134,40 @@ def main() -> None:
 
     results = {d: {} for d in DECODERS}
     for decoder in DECODERS:
-        for encoder in ENCODERS:
+        for encoder in encoders:
             results[decoder][encoder] = measure(decoder, encoder, audios, texts, args)
+    pairs = [(low, full) for low, full in REDUCED.items() if low in encoders and full in encoders]
 
     published = json.loads((REPO / "src/nemo_stt/assets/demo-en-fastconformer.metrics.json").read_text())
     print(f"\nDemo model, held-out WER (%) on {len(texts)} utterances ({words} words); "
           f"published torch offline: rnnt {published['wer_rnnt']}, ctc {published['wer_ctc']} "
           f"(on {published['test_utterances']})\n")
-    header = (f"{'decoder':8} {'mode':10} {'torch':>7} {'onnx-fp32':>10} {'onnx-int8':>10} "
-              f"{'int8-fp32':>10}  int8 within +{INT8_GOAL} of fp32")
+    header = f"{'decoder':8} {'mode':10} " + " ".join(f"{e:>10}" for e in encoders)
+    header += "".join(f"  {low + ' - ' + full:>22}" for low, full in pairs) + f"  (goal: within +{GOAL})"
     print(header)
     print("-" * len(header))
     for decoder in DECODERS:
         for mode in MODES:
-            figures = {e: results[decoder][e][mode]["wer"] for e in ENCODERS}
-            delta = figures["onnx-int8"] - figures["onnx-fp32"]
-            verdict = "yes" if delta <= INT8_GOAL else "NO"
-            print(f"{decoder:8} {mode:10} {figures['torch']:7.2f} {figures['onnx-fp32']:10.2f} "
-                  f"{figures['onnx-int8']:10.2f} {delta:+10.2f}  {verdict}")
+            figures = {e: results[decoder][e][mode]["wer"] for e in encoders}
+            line = f"{decoder:8} {mode:10} " + " ".join(f"{figures[e]:10.2f}" for e in encoders)
+            for low, full in pairs:
+                delta = figures[low] - figures[full]
+                line += f"  {delta:+18.2f} {'yes' if delta <= GOAL else 'NO':>3}"
+            print(line)
 
     # Where the encoders disagree, a few examples: what the differences look like.
     print()
     for decoder in DECODERS:
         for mode in MODES:
-            by = {e: results[decoder][e][mode]["hypotheses"] for e in ENCODERS}
-            same_torch = sum(x.lower() == y.lower() for x, y in zip(by["torch"], by["onnx-fp32"], strict=True))
-            same_int8 = sum(x.lower() == y.lower() for x, y in zip(by["onnx-fp32"], by["onnx-int8"], strict=True))
-            print(f"{decoder} {mode}: onnx-fp32 text = torch text on {same_torch}/{len(texts)}, "
-                  f"onnx-int8 = onnx-fp32 on {same_int8}/{len(texts)}")
-            for reference, fp32, int8 in differing(texts, by["onnx-fp32"], by["onnx-int8"]):
-                print(f"    ref  {reference}\n    fp32 {fp32}\n    int8 {int8}")
+            by = {e: results[decoder][e][mode]["hypotheses"] for e in encoders}
+            for other, against in [("onnx-fp32", "torch"), *pairs]:
+                if other not in by or against not in by:
+                    continue
+                same = sum(x.lower() == y.lower() for x, y in zip(by[against], by[other], strict=True))
+                print(f"{decoder} {mode}: {other} text = {against} text on {same}/{len(texts)}")
+                if (other, against) in pairs:
+                    for reference, full, low in differing(texts, by[against], by[other]):
+                        print(f"    ref  {reference}\n    {against:10} {full}\n    {other:10} {low}")
 
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

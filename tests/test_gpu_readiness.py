@@ -1,6 +1,7 @@
 """The engine's CUDA paths, checked on the CPU: the autocast choice, the device path's parts (no-ops on the
 CPU), the encoder under autocast with decoding in fp32, and NeMo's CUDA-graph greedy decoders kept on."""
 
+import logging
 from contextlib import nullcontext
 
 import pytest
@@ -20,7 +21,7 @@ from .conftest import FIXTURES, OWN_TEXT_MAX_WER, wer
     ("cuda:1", "bf16", True, torch.bfloat16),
     ("cuda", "bf16", False, None),  # pre-Ampere GPUs: fp32, not fp16
     ("cuda", "off", True, None),
-    ("cpu", "bf16", True, None),  # no effect on the CPU
+    ("cpu", "bf16", True, None),  # GPU_AUTOCAST has no effect on the CPU
     ("cpu", "off", False, None),
 ])
 def test_the_encoder_autocasts_to_bf16_only_on_a_cuda_device_that_supports_it(device, setting, bf16_supported,
@@ -28,9 +29,21 @@ def test_the_encoder_autocasts_to_bf16_only_on_a_cuda_device_that_supports_it(de
     assert autocast_dtype(device, setting, bf16_supported) == expected
 
 
+@pytest.mark.parametrize(("device", "cpu_setting", "bf16_supported", "expected"), [
+    ("cpu", "bf16", True, torch.bfloat16),
+    ("cpu", "bf16", False, None),  # no bf16 kernels: fp32
+    ("cpu", "off", True, None),  # the default: NeMo's fp32
+    ("cuda", "off", True, torch.bfloat16),  # CPU_AUTOCAST leaves the GPU to GPU_AUTOCAST
+])
+def test_on_the_cpu_the_encoder_autocasts_to_bf16_only_when_asked(device, cpu_setting, bf16_supported, expected):
+    assert autocast_dtype(device, "bf16", bf16_supported, cpu_setting) == expected
+
+
 def test_an_unknown_autocast_setting_is_refused():
     with pytest.raises(ValueError, match="GPU_AUTOCAST must be one of bf16, off, not 'fp16'"):
         autocast_dtype("cuda", "fp16", True)
+    with pytest.raises(ValueError, match="CPU_AUTOCAST must be one of bf16, off, not 'on'"):
+        autocast_dtype("cpu", "off", True, "on")
 
 
 def test_on_the_cpu_the_device_path_copies_nothing_and_changes_no_context():
@@ -41,6 +54,15 @@ def test_on_the_cpu_the_device_path_copies_nothing_and_changes_no_context():
     assert isinstance(path.loop_stream(), nullcontext) and isinstance(path.encoder_autocast(), nullcontext)
     path.synchronize()
     assert path.describe() == "fp32"
+
+
+def test_with_cpu_autocast_bf16_the_cpu_path_autocasts_where_onednn_has_bf16_kernels():
+    path = DevicePath.for_device("cpu", "off", "bf16")
+    expected = torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+    assert (path.autocast, path.pinned) == (expected, False)
+    if expected is not None:
+        assert path.describe() == "encoder bfloat16 autocast"
+        assert isinstance(path.encoder_autocast(), torch.autocast)
 
 
 def test_on_cuda_the_device_path_pins_batches_and_gives_each_loop_a_stream():
@@ -103,5 +125,19 @@ def test_the_engine_decodes_with_nemos_cuda_graph_label_looping_decoder(models_w
         assert decoder._greedy_decode.__name__ == "_greedy_decode_blank_as_pad_loop_labels"
         assert decoder.decoding_computer.allow_cuda_graphs is True  # used on CUDA; plain PyTorch on the CPU
         assert engine.transcribe(decode_audio(FIXTURES / "anna_bread.wav", 16000)) is not None
+    finally:
+        engine.close()
+
+
+@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="this CPU has no bf16 kernels")
+def test_an_engine_with_cpu_autocast_bf16_runs_its_encoder_in_bf16_and_keeps_the_texts(fixture_texts, caplog):
+    caplog.set_level(logging.INFO)
+    engine = Engine(EngineConfig(model=str(demo_model_path()), device="cpu", num_threads=1, cpu_autocast="bf16"))
+    try:
+        assert engine.transcriber.device_path.autocast == torch.bfloat16
+        assert "on cpu: encoder bfloat16 autocast" in caplog.text
+        for name in ("anna_bread.wav", "pilot_train.wav"):
+            transcript = engine.transcribe(decode_audio(FIXTURES / name, 16000))
+            assert wer(fixture_texts[name], transcript.text) <= OWN_TEXT_MAX_WER
     finally:
         engine.close()

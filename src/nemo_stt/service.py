@@ -44,6 +44,7 @@ def engine_config(settings: Settings):
         punctuation_model=settings.PUNCTUATION_MODEL,
         punctuation_force=settings.PUNCTUATION_FORCE,
         gpu_autocast=settings.GPU_AUTOCAST,
+        cpu_autocast=settings.CPU_AUTOCAST,
         backend=settings.INFERENCE_BACKEND,
         onnx_quantize=settings.ONNX_QUANTIZE,
         onnx_cache_dir=settings.onnx_cache_dir,

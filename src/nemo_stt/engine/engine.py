@@ -87,6 +87,9 @@ class EngineConfig:
     gpu_autocast: str = "bf16"
     """On a CUDA device: "bf16" runs the encoder under bf16 autocast when the device supports it, "off"
     in fp32 (see `gpu`); no effect on the CPU."""
+    cpu_autocast: str = "off"
+    """On the CPU: "bf16" runs the encoder (torch backend) under bf16 autocast when oneDNN has bf16
+    kernels; "off" in fp32, as NeMo does."""
     backend: str = "torch"
     """What runs the encoder: "torch", or "onnx" (ONNX Runtime on the CPU, see `onnx_backend`)."""
     onnx_quantize: str = "none"
@@ -132,9 +135,12 @@ class Engine:
                  config.vad.method if config.vad else "off",
                  (f"local above {LOCAL_ATTENTION_ABOVE:g} s" if self._attention_by_length else "local")
                  if self.local_attention else "model's own")
-        if self.device.type == "cuda":
+        autocast = self.transcriber.device_path.autocast
+        if self.device.type == "cuda" or autocast is not None:
             log.info("on %s: %s%s", self.device, self.transcriber.device_path.describe(),
-                     "; CUDA-graph greedy decoding" if self.decoder == "rnnt" else "")
+                     "; CUDA-graph greedy decoding" if self.decoder == "rnnt" and self.device.type == "cuda" else "")
+        if self.device.type == "cpu" and self.config.cpu_autocast == "bf16" and autocast is None:
+            log.warning("CPU_AUTOCAST=bf16: this CPU has no bf16 kernels in oneDNN; the encoder runs in fp32")
 
     def _load(self) -> None:
         """The model, its decoding and the VAD (torch work: see `on_passing_thread`)."""
@@ -152,7 +158,8 @@ class Engine:
         configure_decoding(self.model, self.decoder)
         self.onnx = self._export_onnx() if self.config.backend == "onnx" else None
         self.transcriber = Transcriber(self.model, self.decoder,
-                                       DevicePath.for_device(self.device, self.config.gpu_autocast),
+                                       DevicePath.for_device(self.device, self.config.gpu_autocast,
+                                                             self.config.cpu_autocast),
                                        encoder=self.onnx.offline() if self.onnx else None)
         self.vad = SpeechDetector(self.config.vad, self.sample_rate) if self.config.vad else None
         self.punctuation = self._load_punctuation()

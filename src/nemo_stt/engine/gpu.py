@@ -1,6 +1,8 @@
-"""What the batched forward does differently on a CUDA device; on the CPU every part of it is a no-op.
+"""What the batched forward does differently on a CUDA device; on the CPU every part of it is a no-op but
+the autocast that CPU_AUTOCAST=bf16 asks for.
 
-- The encoder runs under bf16 autocast when the device supports bf16 (GPU_AUTOCAST=off keeps fp32).
+- The encoder runs under bf16 autocast when the device supports bf16 (GPU_AUTOCAST=off keeps fp32); on
+  the CPU only when asked (CPU_AUTOCAST=bf16), as it changes the outputs from NeMo's fp32 ones there.
   Its output is cast back to fp32: the preprocessor, the decoders' heads and NeMo's greedy decoding
   (which turns autocast off itself around its CUDA graphs) run in fp32, as in NeMo.
 - Batch tensors go from pinned host memory to the device with non-blocking copies.
@@ -17,14 +19,24 @@ import torch
 AUTOCAST_CHOICES = ("bf16", "off")
 
 
-def autocast_dtype(device: torch.device | str, setting: str, bf16_supported: bool) -> torch.dtype | None:
-    """The encoder's autocast dtype: bf16 on a CUDA device that supports it unless `setting` is "off";
-    None (fp32, no autocast) on the CPU and everywhere else."""
-    if setting not in AUTOCAST_CHOICES:
-        raise ValueError(f"GPU_AUTOCAST must be one of {', '.join(AUTOCAST_CHOICES)}, not {setting!r}")
-    if torch.device(device).type != "cuda" or setting == "off" or not bf16_supported:
-        return None
-    return torch.bfloat16
+def autocast_dtype(device: torch.device | str, setting: str, bf16_supported: bool,
+                   cpu_setting: str = "off") -> torch.dtype | None:
+    """The encoder's autocast dtype: bf16 on a CUDA device that supports it unless `setting` is "off", on
+    a CPU that supports it if `cpu_setting` is "bf16"; None (fp32, no autocast) everywhere else."""
+    for name, value in (("GPU_AUTOCAST", setting), ("CPU_AUTOCAST", cpu_setting)):
+        if value not in AUTOCAST_CHOICES:
+            raise ValueError(f"{name} must be one of {', '.join(AUTOCAST_CHOICES)}, not {value!r}")
+    kind = torch.device(device).type
+    wanted = setting if kind == "cuda" else cpu_setting if kind == "cpu" else "off"
+    return torch.bfloat16 if wanted == "bf16" and bf16_supported else None
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether the device computes in bf16: a CUDA device from Ampere on; a CPU on which oneDNN has bf16
+    kernels (AVX-512 and later; without AVX512_BF16 or AMX they convert, and gain less)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 class DevicePath:
@@ -41,10 +53,10 @@ class DevicePath:
         self._local = threading.local()
 
     @classmethod
-    def for_device(cls, device: torch.device | str, setting: str = "bf16") -> "DevicePath":
+    def for_device(cls, device: torch.device | str, setting: str = "bf16", cpu_setting: str = "off") -> "DevicePath":
         device = torch.device(device)
-        supported = device.type == "cuda" and setting != "off" and torch.cuda.is_bf16_supported()
-        return cls(device, autocast_dtype(device, setting, supported))
+        wanted = autocast_dtype(device, setting, True, cpu_setting)
+        return cls(device, wanted if wanted is not None and bf16_supported(device) else None)
 
     def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         if not self.pinned:
@@ -74,7 +86,9 @@ class DevicePath:
 
     def describe(self) -> str:
         """For the start-up log."""
+        autocast = f"encoder {str(self.autocast).removeprefix('torch.')} autocast" if self.autocast else "fp32"
         if not self.cuda:
-            return "fp32"
-        autocast = f"{str(self.autocast).removeprefix('torch.')} autocast" if self.autocast else "fp32"
-        return f"encoder {autocast}, pinned host memory, one CUDA stream per inference loop"
+            return autocast
+        if not self.autocast:
+            autocast = "encoder fp32"
+        return f"{autocast}, pinned host memory, one CUDA stream per inference loop"
