@@ -56,6 +56,7 @@ class DevicePath:
     def for_device(cls, device: torch.device | str, setting: str = "bf16", cpu_setting: str = "off") -> "DevicePath":
         device = torch.device(device)
         wanted = autocast_dtype(device, setting, True, cpu_setting)
+        # Support is asked only where autocast is wanted: CUDA's query needs a CUDA device.
         return cls(device, wanted if wanted is not None and bf16_supported(device) else None)
 
     def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -86,9 +87,7 @@ class DevicePath:
 
     def describe(self) -> str:
         """For the start-up log."""
-        autocast = f"encoder {str(self.autocast).removeprefix('torch.')} autocast" if self.autocast else "fp32"
+        precision = f"{str(self.autocast).removeprefix('torch.')} autocast" if self.autocast else "fp32"
         if not self.cuda:
-            return autocast
-        if not self.autocast:
-            autocast = "encoder fp32"
-        return f"{autocast}, pinned host memory, one CUDA stream per inference loop"
+            return f"encoder {precision}" if self.autocast else "fp32"
+        return f"encoder {precision}, pinned host memory, one CUDA stream per inference loop"
