@@ -9,7 +9,7 @@ import torch
 
 from nemo_stt.audio import decode_audio
 from nemo_stt.engine import Engine, EngineConfig, demo_model_path
-from nemo_stt.engine.gpu import DevicePath, autocast_dtype
+from nemo_stt.engine.gpu import DevicePath, autocast_dtype, bf16_supported
 from nemo_stt.engine.transcriber import Transcriber
 
 from . import tiny_models
@@ -58,7 +58,7 @@ def test_on_the_cpu_the_device_path_copies_nothing_and_changes_no_context():
 
 def test_with_cpu_autocast_bf16_the_cpu_path_autocasts_where_onednn_has_bf16_kernels():
     path = DevicePath.for_device("cpu", "off", "bf16")
-    expected = torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+    expected = torch.bfloat16 if bf16_supported(torch.device("cpu")) else None
     assert (path.autocast, path.pinned) == (expected, False)
     if expected is not None:
         assert path.describe() == "encoder bfloat16 autocast"
@@ -129,7 +129,7 @@ def test_the_engine_decodes_with_nemos_cuda_graph_label_looping_decoder(models_w
         engine.close()
 
 
-@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="this CPU has no bf16 kernels")
+@pytest.mark.skipif(not bf16_supported(torch.device("cpu")), reason="this CPU has no bf16 kernels")
 def test_an_engine_with_cpu_autocast_bf16_runs_its_encoder_in_bf16_and_keeps_the_texts(fixture_texts, caplog):
     caplog.set_level(logging.INFO)
     engine = Engine(EngineConfig(model=str(demo_model_path()), device="cpu", num_threads=1, cpu_autocast="bf16"))
