@@ -1,15 +1,25 @@
-"""The engine's CUDA paths, checked on the CPU: the autocast choice, the device path's parts (no-ops on the
-CPU), the encoder under autocast with decoding in fp32, and NeMo's CUDA-graph greedy decoders kept on."""
+"""The engine's CUDA paths, checked on the CPU: the autocast choice (CPU_AUTOCAST's too), the device path's
+parts (no-ops on the CPU), the encoder under autocast with its matrix weights in bf16 and decoding in fp32,
+and NeMo's CUDA-graph greedy decoders kept on."""
 
 import logging
 from contextlib import nullcontext
 
+import numpy as np
 import pytest
 import torch
 
 from nemo_stt.audio import decode_audio
 from nemo_stt.engine import Engine, EngineConfig, demo_model_path
-from nemo_stt.engine.gpu import DevicePath, autocast_dtype, bf16_supported
+from nemo_stt.engine.gpu import (
+    CPU_AUTO_BF16_MIN_PARAMETERS,
+    DevicePath,
+    autocast_dtype,
+    bf16_supported,
+    cast_matrix_weights,
+    cpu_autocast,
+    native_bf16_cpu,
+)
 from nemo_stt.engine.transcriber import Transcriber
 
 from . import tiny_models
@@ -39,10 +49,32 @@ def test_on_the_cpu_the_encoder_autocasts_to_bf16_only_when_asked(device, cpu_se
     assert autocast_dtype(device, "bf16", bf16_supported, cpu_setting) == expected
 
 
+@pytest.mark.parametrize(("setting", "native_bf16", "parameters", "expected"), [
+    ("auto", True, 608_000_000, "bf16"),
+    ("auto", True, CPU_AUTO_BF16_MIN_PARAMETERS, "bf16"),
+    ("auto", True, 26_000_000, "off"),  # a forward this small is not matrix work: the casts cost what bf16 saves
+    ("auto", False, 608_000_000, "off"),  # AVX-512 without bf16 arithmetic converts to fp32 to compute
+    ("bf16", False, 1_400_000, "bf16"),  # asked for: whenever oneDNN has bf16 kernels (see autocast_dtype)
+    ("off", True, 608_000_000, "off"),
+])
+def test_cpu_autocast_auto_chooses_bf16_for_large_encoders_on_cpus_with_bf16_arithmetic(setting, native_bf16,
+                                                                                         parameters, expected):
+    assert cpu_autocast(setting, native_bf16, parameters) == expected
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    ("fpu sse avx512f avx512_bf16 avx512_vnni", True), ("avx512f amx_bf16 amx_tile amx_int8", True),
+    ("fpu sse avx512f avx512bw avx512_vnni", False), ("fpu sse avx2", False),
+])
+def test_native_bf16_arithmetic_is_read_from_the_cpu_flags(flags, expected):
+    cpuinfo = f"processor\t: 0\nmodel name\t: a CPU with avx512_bf16 in its name\nflags\t\t: {flags}\n\n"
+    assert native_bf16_cpu(cpuinfo) is expected
+
+
 def test_an_unknown_autocast_setting_is_refused():
     with pytest.raises(ValueError, match="GPU_AUTOCAST must be one of bf16, off, not 'fp16'"):
         autocast_dtype("cuda", "fp16", True)
-    with pytest.raises(ValueError, match="CPU_AUTOCAST must be one of bf16, off, not 'on'"):
+    with pytest.raises(ValueError, match="CPU_AUTOCAST must be one of auto, bf16, off, not 'on'"):
         autocast_dtype("cpu", "off", True, "on")
 
 
@@ -139,5 +171,88 @@ def test_an_engine_with_cpu_autocast_bf16_runs_its_encoder_in_bf16_and_keeps_the
         for name in ("anna_bread.wav", "pilot_train.wav"):
             transcript = engine.transcribe(decode_audio(FIXTURES / name, 16000))
             assert wer(fixture_texts[name], transcript.text) <= OWN_TEXT_MAX_WER
+    finally:
+        engine.close()
+
+
+def test_auto_keeps_the_demo_models_small_encoder_in_fp32_and_says_why(caplog):
+    caplog.set_level(logging.INFO)
+    engine = Engine(EngineConfig(device="cpu", num_threads=1))
+    try:
+        assert engine.config.cpu_autocast == "auto" and engine.transcriber.device_path.autocast is None
+        assert "CPU_AUTOCAST=auto: the encoder in fp32 (1.4 M parameters" in caplog.text
+    finally:
+        engine.close()
+
+
+def test_cast_matrix_weights_keeps_linear_and_convolution_layers_in_bf16_and_the_rest_in_fp32(demo_engine):
+    import copy
+
+    encoder = copy.deepcopy(demo_engine.model.encoder)
+    cast_matrix_weights(encoder, torch.bfloat16)
+    dtypes = {}
+    for module in encoder.modules():
+        for parameter in module.parameters(recurse=False):
+            dtypes.setdefault(type(module).__name__, set()).add(parameter.dtype)
+    matrix = {kind for kind, module in {type(m).__name__: m for m in encoder.modules()}.items()
+              if isinstance(module, (torch.nn.Linear, torch.nn.modules.conv._ConvNd))}
+    assert {"Linear", "Conv2d"} <= matrix  # the demo encoder's feed-forward, attention and subsampling layers
+    assert all(dtypes[kind] == {torch.bfloat16} for kind in matrix if kind in dtypes)
+    assert all(kinds == {torch.float32} for kind, kinds in dtypes.items() if kind not in matrix)
+    assert "LayerNorm" in dtypes and "RelPositionMultiHeadAttention" in dtypes  # its pos_bias_u and _v
+
+def encoder_matrix_dtypes(model) -> set[torch.dtype]:
+    return {module.weight.dtype for module in model.encoder.modules()
+            if isinstance(module, (torch.nn.Linear, torch.nn.modules.conv._ConvNd))}
+
+
+@pytest.mark.skipif(not bf16_supported(torch.device("cpu")), reason="this CPU has no bf16 kernels")
+def test_with_bf16_a_full_context_encoder_keeps_bf16_weights_across_attention_switches(tmp_path, caplog):
+    # Autocast converts fp32 weights at every forward; the engine converts them once. NeMo rebuilds the
+    # attention layers in fp32 when a long input switches them to local attention, and back.
+    from nemo.collections.asr.models import ASRModel
+
+    from nemo_stt.engine.engine import LOCAL_ATTENTION_ABOVE
+
+    path = tiny_models.build("hybrid", tiny_models.train_tokenizer(tmp_path / "tokenizer"), tmp_path / "hybrid.nemo")
+    caplog.set_level(logging.INFO)
+    engine = Engine(EngineConfig(model=str(path), device="cpu", num_threads=1, cpu_autocast="bf16"))
+    try:
+        assert engine.transcriber.device_path.autocast == torch.bfloat16
+        assert "on cpu: encoder bfloat16 autocast, linear and convolution weights in bf16" in caplog.text
+        assert encoder_matrix_dtypes(engine.model) == {torch.bfloat16}
+        rng = np.random.default_rng(0)
+        short = 0.1 * rng.standard_normal(16000 * 4).astype(np.float32)
+        long = 0.1 * rng.standard_normal(int(16000 * (LOCAL_ATTENTION_ABOVE + 5))).astype(np.float32)
+        for audio, attention in ((long, "rel_pos_local_attn"), (short, "rel_pos")):
+            engine.transcribe(audio)
+            assert engine.encoder_attention() == attention
+            assert encoder_matrix_dtypes(engine.model) == {torch.bfloat16}
+            assert {layer.self_attn.pos_bias_u.dtype for layer in engine.model.encoder.layers} == {torch.float32}
+        # The encoder's output stays as close to fp32's as autocast alone keeps it.
+        reference = ASRModel.restore_from(str(path), map_location="cpu").eval()
+        signal = torch.from_numpy(short)[None]
+        with torch.inference_mode():
+            features, lengths = reference.preprocessor(input_signal=signal, length=torch.tensor([signal.shape[1]]))
+            fp32, _ = reference.encoder(audio_signal=features, length=lengths)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                autocast, _ = reference.encoder(audio_signal=features, length=lengths)
+                cast, _ = engine.model.encoder(audio_signal=features, length=lengths)
+        distance = {name: ((out.float() - fp32).norm() / fp32.norm()).item()
+                    for name, out in (("autocast", autocast), ("cast", cast))}
+        assert 0 < distance["cast"] < 1.5 * distance["autocast"] + 1e-3, distance
+    finally:
+        engine.close()
+
+
+@pytest.mark.skipif(not bf16_supported(torch.device("cpu")), reason="this CPU has no bf16 kernels")
+def test_with_bf16_a_cache_aware_model_keeps_fp32_weights_for_its_fp32_streaming_step(tmp_path):
+    path = tiny_models.build("streaming_hybrid", tiny_models.train_tokenizer(tmp_path / "tokenizer"),
+                             tmp_path / "streaming.nemo")
+    engine = Engine(EngineConfig(model=str(path), device="cpu", num_threads=1, cpu_autocast="bf16"))
+    try:
+        assert engine.transcriber.device_path.autocast == torch.bfloat16
+        assert encoder_matrix_dtypes(engine.model) == {torch.float32}
+        assert engine.transcribe(0.1 * np.random.default_rng(0).standard_normal(16000 * 3).astype(np.float32))
     finally:
         engine.close()

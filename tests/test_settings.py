@@ -193,12 +193,13 @@ def test_on_a_gpu_batching_variables_that_are_set_are_kept_even_at_the_cpu_defau
     assert batching(DEVICE="cuda") == (1, 16, 90.0, 256, "bf16")  # QUEUE_MAX_SIZE empty: unset
 
 
-def test_cpu_autocast_is_off_unless_set_and_reaches_the_engine(monkeypatch):
+def test_cpu_autocast_is_auto_unless_set_and_reaches_the_engine(monkeypatch):
     from nemo_stt.service import engine_config
 
-    assert engine_config(load_settings()).cpu_autocast == "off"
-    monkeypatch.setenv("CPU_AUTOCAST", "bf16")
-    assert engine_config(load_settings()).cpu_autocast == "bf16"
+    assert engine_config(load_settings()).cpu_autocast == "auto"
+    for value in ("bf16", "off"):
+        monkeypatch.setenv("CPU_AUTOCAST", value)
+        assert engine_config(load_settings()).cpu_autocast == value
     monkeypatch.setenv("CPU_AUTOCAST", "fp16")
     with pytest.raises(SettingsError, match="invalid CPU_AUTOCAST='fp16'"):
         load_settings()

@@ -54,10 +54,11 @@ class Settings(BaseSettings):
     GPU_AUTOCAST: Literal["bf16", "off"] = "bf16"
     """On a CUDA device, `bf16` runs the encoder under bf16 autocast when the device supports bf16 (decoding
     stays fp32); `off` runs it in fp32. No effect on the CPU."""
-    CPU_AUTOCAST: Literal["bf16", "off"] = "off"
+    CPU_AUTOCAST: Literal["auto", "bf16", "off"] = "auto"
     """On the CPU, `bf16` runs the encoder (INFERENCE_BACKEND=torch) under bf16 autocast when the CPU has
-    bf16 kernels (AVX-512: fastest with AVX512_BF16 or AMX); texts may then differ from NeMo's fp32 ones.
-    `off`: fp32, as NeMo runs it."""
+    bf16 kernels (AVX-512: fastest with AVX512_BF16 or AMX); texts may then differ a little from NeMo's fp32
+    ones. `off`: fp32, as NeMo runs it. `auto`: bf16 for encoders of 100 M parameters or more on a CPU with
+    AVX512_BF16 or AMX, fp32 otherwise."""
     INFERENCE_BACKEND: Literal["torch", "onnx"] = "torch"
     """What runs the encoder: `torch` (PyTorch), or `onnx` (ONNX Runtime, CPU only: the encoder exported once
     with NeMo's export into ONNX_CACHE_DIR; features and decoding stay NeMo's). See the README for which to pick."""

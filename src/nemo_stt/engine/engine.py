@@ -26,7 +26,7 @@ from .batcher import Batcher, BatchPolicy
 from .buffered_stream import BufferedStream
 from .cache_aware_stream import CacheAwareStream, CacheAwareStreamer, supports_cache_aware_streaming
 from .decoding import configure_decoding, family_name, model_family, select_decoder
-from .gpu import DevicePath
+from .gpu import DevicePath, cast_matrix_weights, cpu_autocast, native_bf16_cpu
 from .long_audio import iter_windows, owned_words
 from .memory import release_free_memory
 from .model_loading import (
@@ -87,9 +87,10 @@ class EngineConfig:
     gpu_autocast: str = "bf16"
     """On a CUDA device: "bf16" runs the encoder under bf16 autocast when the device supports it, "off"
     in fp32 (see `gpu`); no effect on the CPU."""
-    cpu_autocast: str = "off"
+    cpu_autocast: str = "auto"
     """On the CPU: "bf16" runs the encoder (torch backend) under bf16 autocast when oneDNN has bf16
-    kernels; "off" in fp32, as NeMo does."""
+    kernels; "off" in fp32, as NeMo does; "auto" bf16 where it pays, a large encoder on a CPU with native
+    bf16 (see `gpu.cpu_autocast`), fp32 elsewhere."""
     backend: str = "torch"
     """What runs the encoder: "torch", or "onnx" (ONNX Runtime on the CPU, see `onnx_backend`)."""
     onnx_quantize: str = "none"
@@ -137,10 +138,16 @@ class Engine:
                  if self.local_attention else "model's own")
         autocast = self.transcriber.device_path.autocast
         if self.device.type == "cuda" or autocast is not None:
-            log.info("on %s: %s%s", self.device, self.transcriber.device_path.describe(),
+            log.info("on %s: %s%s%s", self.device, self.transcriber.device_path.describe(),
+                     ", linear and convolution weights in bf16" if self._matrix_weights_cast else "",
                      "; CUDA-graph greedy decoding" if self.decoder == "rnnt" and self.device.type == "cuda" else "")
         if self.device.type == "cpu" and self.config.cpu_autocast == "bf16" and autocast is None:
             log.warning("CPU_AUTOCAST=bf16: this CPU has no bf16 kernels in oneDNN; the encoder runs in fp32")
+        if self.device.type == "cpu" and self.config.cpu_autocast == "auto":
+            log.info("CPU_AUTOCAST=auto: the encoder in %s (%.1f M parameters, %s bf16 arithmetic on this CPU)%s",
+                     "bf16" if autocast is not None else "fp32", self._encoder_parameters / 1e6,
+                     "native" if native_bf16_cpu() else "no native",
+                     "; CPU_AUTOCAST=off runs it in fp32 as NeMo does" if autocast is not None else "")
 
     def _load(self) -> None:
         """The model, its decoding and the VAD (torch work: see `on_passing_thread`)."""
@@ -157,10 +164,17 @@ class Engine:
         self.decoder = select_decoder(self.model, self.config.architecture)
         configure_decoding(self.model, self.decoder)
         self.onnx = self._export_onnx() if self.config.backend == "onnx" else None
+        self._encoder_parameters = sum(parameter.numel() for parameter in self.model.encoder.parameters())
         self.transcriber = Transcriber(self.model, self.decoder,
                                        DevicePath.for_device(self.device, self.config.gpu_autocast,
-                                                             self.config.cpu_autocast),
+                                                             cpu_autocast(self.config.cpu_autocast, native_bf16_cpu(),
+                                                                          self._encoder_parameters)),
                                        encoder=self.onnx.offline() if self.onnx else None)
+        autocast = self.transcriber.device_path.autocast
+        self._matrix_weights_cast = autocast is not None and not supports_cache_aware_streaming(self.model)
+        if self._matrix_weights_cast:
+            cast_matrix_weights(self.model.encoder, autocast)
+            release_free_memory()  # the fp32 weights
         self.vad = SpeechDetector(self.config.vad, self.sample_rate) if self.config.vad else None
         self.punctuation = self._load_punctuation()
 

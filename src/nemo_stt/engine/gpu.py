@@ -1,10 +1,16 @@
 """What the batched forward does differently on a CUDA device; on the CPU every part of it is a no-op but
-the autocast that CPU_AUTOCAST=bf16 asks for.
+the encoder's bf16 autocast that CPU_AUTOCAST chooses.
 
-- The encoder runs under bf16 autocast when the device supports bf16 (GPU_AUTOCAST=off keeps fp32); on
-  the CPU only when asked (CPU_AUTOCAST=bf16), as it changes the outputs from NeMo's fp32 ones there.
-  Its output is cast back to fp32: the preprocessor, the decoders' heads and NeMo's greedy decoding
-  (which turns autocast off itself around its CUDA graphs) run in fp32, as in NeMo.
+- The encoder runs under bf16 autocast when the device supports bf16 (GPU_AUTOCAST=off keeps fp32). On
+  the CPU, CPU_AUTOCAST=auto chooses it where it pays: a CPU that computes bf16 natively (AVX512_BF16 or
+  AMX; others convert and gain little) and an encoder large enough for its forward to be matrix work;
+  `bf16` asks for it wherever oneDNN has bf16 kernels, `off` keeps fp32 as NeMo runs it on the CPU.
+  The weights of its matrix products (linear and convolution layers, which autocast runs in bf16) are
+  then kept in bf16 (`cast_matrix_weights`), unless the model streams cache-aware (its streaming step
+  runs in fp32): autocast would otherwise convert them all again at every forward, which at batch 1
+  costs as much as the products themselves. Its output is cast back to fp32: the preprocessor, the
+  decoders' heads and NeMo's greedy decoding (which turns autocast off itself around its CUDA graphs)
+  run in fp32, as in NeMo.
 - Batch tensors go from pinned host memory to the device with non-blocking copies.
 - Each inference loop (a batcher thread) runs its forwards on its own CUDA stream, so that one loop's
   host work (padding, turning hypotheses into words) overlaps another's kernels; the stream is
@@ -13,22 +19,50 @@ the autocast that CPU_AUTOCAST=bf16 asks for.
 
 import threading
 from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
 
 import torch
 
 AUTOCAST_CHOICES = ("bf16", "off")
+CPU_AUTOCAST_CHOICES = ("auto", "bf16", "off")
+CPU_AUTO_BF16_MIN_PARAMETERS = 100_000_000
+"""CPU_AUTOCAST=auto's smallest encoder for bf16: below, a forward is not mostly matrix products and the
+casts take back what bf16 saves (the README's "bf16 on the CPU" gives the measurements)."""
 
 
 def autocast_dtype(device: torch.device | str, setting: str, bf16_supported: bool,
                    cpu_setting: str = "off") -> torch.dtype | None:
     """The encoder's autocast dtype: bf16 on a CUDA device that supports it unless `setting` is "off", on
-    a CPU that supports it if `cpu_setting` is "bf16"; None (fp32, no autocast) everywhere else."""
-    for name, value in (("GPU_AUTOCAST", setting), ("CPU_AUTOCAST", cpu_setting)):
-        if value not in AUTOCAST_CHOICES:
-            raise ValueError(f"{name} must be one of {', '.join(AUTOCAST_CHOICES)}, not {value!r}")
+    a CPU that supports it if `cpu_setting` is "bf16" (CPU_AUTOCAST=auto resolved by `cpu_autocast`);
+    None (fp32, no autocast) everywhere else."""
+    for name, value, choices in (("GPU_AUTOCAST", setting, AUTOCAST_CHOICES),
+                                 ("CPU_AUTOCAST", cpu_setting, CPU_AUTOCAST_CHOICES)):
+        if value not in choices:
+            raise ValueError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
     kind = torch.device(device).type
     wanted = setting if kind == "cuda" else cpu_setting if kind == "cpu" else "off"
     return torch.bfloat16 if wanted == "bf16" and bf16_supported else None
+
+
+def cpu_autocast(setting: str, native_bf16: bool, encoder_parameters: int) -> str:
+    """CPU_AUTOCAST with "auto" resolved: "bf16" for an encoder of CPU_AUTO_BF16_MIN_PARAMETERS or more on
+    a CPU with native bf16 arithmetic, "off" otherwise; "bf16" and "off" as they are."""
+    if setting != "auto":
+        return setting
+    return "bf16" if native_bf16 and encoder_parameters >= CPU_AUTO_BF16_MIN_PARAMETERS else "off"
+
+
+def native_bf16_cpu(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU has bf16 arithmetic instructions (AVX512_BF16 or AMX-BF16), from the flags of
+    /proc/cpuinfo (or of `cpuinfo`, its text); False where they cannot be read. oneDNN's own query
+    (`bf16_supported`) also says yes for AVX-512 CPUs that convert bf16 to fp32 to compute."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = {flag for line in cpuinfo.splitlines() if line.startswith("flags") for flag in line.split()}
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def bf16_supported(device: torch.device) -> bool:
@@ -37,6 +71,15 @@ def bf16_supported(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def cast_matrix_weights(module: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Keep the weights and biases of `module`'s linear and convolution layers in `dtype`: the layers that
+    autocast to `dtype` runs in it, so that their weights are not converted at every call. Norms and
+    everything else stay as they are; the layers then work only under that autocast."""
+    for layer in module.modules():
+        if isinstance(layer, (torch.nn.Linear, torch.nn.modules.conv._ConvNd)):
+            layer.to(dtype)
 
 
 class DevicePath:

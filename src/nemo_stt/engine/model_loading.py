@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from .gpu import cast_matrix_weights
 from .memory import release_free_memory
 
 log = logging.getLogger(__name__)
@@ -93,8 +94,9 @@ def use_local_attention(model, frames_each_side: int = 128) -> None:
             if model.encoder._cfg.get(key) is None:
                 model.encoder._cfg[key] = default
     device = next(model.parameters()).device
+    dtype = _attention_weights_dtype(model)
     model.encoder.change_attention_model("rel_pos_local_attn", [frames_each_side, frames_each_side], device=device)
-    _match_new_attention_layers(model)
+    _match_new_attention_layers(model, dtype)
     if hasattr(model.encoder, "change_subsampling_conv_chunking_factor"):
         # The convolutional subsampling then processes long inputs in pieces instead of one large tensor.
         model.encoder.change_subsampling_conv_chunking_factor(1)
@@ -103,21 +105,28 @@ def use_local_attention(model, frames_each_side: int = 128) -> None:
 def use_full_attention(model) -> None:
     """Switch back to attention over the whole input (after `use_local_attention`)."""
     device = next(model.parameters()).device
+    dtype = _attention_weights_dtype(model)
     model.encoder.change_attention_model("rel_pos", [-1, -1], device=device)
-    _match_new_attention_layers(model)
+    _match_new_attention_layers(model, dtype)
 
 
-def _match_new_attention_layers(model) -> None:
+def _attention_weights_dtype(model) -> torch.dtype:
+    return model.encoder.layers[0].self_attn.linear_q.weight.dtype
+
+
+def _match_new_attention_layers(model, dtype: torch.dtype) -> None:
     """Make the attention layers NeMo just rebuilt compute what the old ones did.
 
-    `change_attention_model` builds them in training mode (dropout on) and always with biases: for an
-    encoder without biases (`use_bias: false`, as in the Parakeet models) the loaded weights leave
-    those biases at their random initial values.
+    `change_attention_model` builds them in training mode (dropout on), in fp32 and always with biases:
+    for an encoder without biases (`use_bias: false`, as in the Parakeet models) the loaded weights
+    leave those biases at their random initial values; weights kept in bf16 (see `gpu`) stay in bf16.
     """
-    if not model.encoder._cfg.get("use_bias", True):
-        for layer in model.encoder.layers:
+    for layer in model.encoder.layers:
+        if not model.encoder._cfg.get("use_bias", True):
             for name in ("linear_q", "linear_k", "linear_v", "linear_out"):
                 getattr(layer.self_attn, name).bias = None
+        if dtype != torch.float32:
+            cast_matrix_weights(layer.self_attn, dtype)
     model.eval()
 
 
