@@ -3,7 +3,7 @@ each model family.
 
 NEMO_STT_TEST_DEVICE (default `cpu`) runs NeMo and the engine on another device, e.g. `cuda`
 (benchmarks/gpu_check.sh). NeMo's transcribe() runs in fp32, so the engine's encoder does too here
-(GPU_AUTOCAST=off); its bf16 autocast is checked against the demo model's known texts instead.
+(GPU_AUTOCAST=off, CPU_AUTOCAST=off); its bf16 autocast is checked against the demo model's known texts instead.
 """
 
 import json
@@ -25,7 +25,7 @@ DEVICE = os.environ.get("NEMO_STT_TEST_DEVICE", "cpu")
 
 
 def engine_on_device(**options) -> Engine:
-    return Engine(EngineConfig(device=DEVICE, num_threads=2, gpu_autocast="off", **options))
+    return Engine(EngineConfig(device=DEVICE, num_threads=2, gpu_autocast="off", cpu_autocast="off", **options))
 
 
 @pytest.fixture(scope="module")
