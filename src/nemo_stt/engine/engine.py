@@ -147,7 +147,8 @@ class Engine:
             log.info("CPU_AUTOCAST=auto: the encoder in %s (%.1f M parameters, %s bf16 arithmetic on this CPU)%s",
                      "bf16" if autocast is not None else "fp32", self._encoder_parameters / 1e6,
                      "native" if native_bf16_cpu() else "no native",
-                     "; CPU_AUTOCAST=off runs it in fp32 as NeMo does" if autocast is not None else "")
+                     "" if autocast is None else "; CPU_AUTOCAST=off runs it in fp32 as NeMo does" if self.onnx is None
+                     else "; with INFERENCE_BACKEND=onnx, for the long-file windows that run in PyTorch")
 
     def _load(self) -> None:
         """The model, its decoding and the VAD (torch work: see `on_passing_thread`)."""
