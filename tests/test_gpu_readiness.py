@@ -2,6 +2,7 @@
 parts (no-ops on the CPU), the encoder under autocast with its matrix weights in bf16 and decoding in fp32,
 and NeMo's CUDA-graph greedy decoders kept on."""
 
+import asyncio
 import logging
 from contextlib import nullcontext
 
@@ -20,6 +21,7 @@ from nemo_stt.engine.gpu import (
     cpu_autocast,
     native_bf16_cpu,
 )
+from nemo_stt.engine.stream import StreamingParams
 from nemo_stt.engine.transcriber import Transcriber
 
 from . import tiny_models
@@ -201,6 +203,7 @@ def test_cast_matrix_weights_keeps_linear_and_convolution_layers_in_bf16_and_the
     assert all(kinds == {torch.float32} for kind, kinds in dtypes.items() if kind not in matrix)
     assert "LayerNorm" in dtypes and "RelPositionMultiHeadAttention" in dtypes  # its pos_bias_u and _v
 
+
 def encoder_matrix_dtypes(model) -> set[torch.dtype]:
     return {module.weight.dtype for module in model.encoder.modules()
             if isinstance(module, (torch.nn.Linear, torch.nn.modules.conv._ConvNd))}
@@ -246,13 +249,28 @@ def test_with_bf16_a_full_context_encoder_keeps_bf16_weights_across_attention_sw
 
 
 @pytest.mark.skipif(not bf16_supported(torch.device("cpu")), reason="this CPU has no bf16 kernels")
-def test_with_bf16_a_cache_aware_model_keeps_fp32_weights_for_its_fp32_streaming_step(tmp_path):
+def test_with_bf16_a_cache_aware_model_keeps_fp32_weights_and_streams_as_in_fp32(tmp_path):
+    torch.manual_seed(0)
     path = tiny_models.build("streaming_hybrid", tiny_models.train_tokenizer(tmp_path / "tokenizer"),
                              tmp_path / "streaming.nemo")
-    engine = Engine(EngineConfig(model=str(path), device="cpu", num_threads=1, cpu_autocast="bf16"))
-    try:
-        assert engine.transcriber.device_path.autocast == torch.bfloat16
-        assert encoder_matrix_dtypes(engine.model) == {torch.float32}
-        assert engine.transcribe(0.1 * np.random.default_rng(0).standard_normal(16000 * 3).astype(np.float32))
-    finally:
-        engine.close()
+    audio = 0.1 * np.random.default_rng(0).standard_normal(16000 * 3).astype(np.float32)
+
+    async def stream(engine: Engine) -> list[str]:
+        assert engine.start_streaming(StreamingParams(pause_for_final=1000.0)) == "cache-aware"
+        stream = engine.open_stream()
+        for start in range(0, len(audio), 1600):
+            stream.push(audio[start : start + 1600])
+            if stream.ready():
+                await stream.step()
+        return [segment.text for segment in await stream.finish()]
+
+    streamed = {}
+    for setting in ("bf16", "off"):
+        engine = Engine(EngineConfig(model=str(path), device="cpu", num_threads=1, cpu_autocast=setting))
+        try:
+            assert engine.transcriber.device_path.autocast == (torch.bfloat16 if setting == "bf16" else None)
+            assert encoder_matrix_dtypes(engine.model) == {torch.float32}
+            streamed[setting] = asyncio.run(stream(engine))
+        finally:
+            engine.close()
+    assert streamed["bf16"] == streamed["off"] and "".join(streamed["off"])  # the streaming step runs in fp32
