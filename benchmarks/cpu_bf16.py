@@ -77,5 +77,6 @@ def main() -> None:
                                f"{100 * distance:.2f} % of fp32's")
             print(f"batch {batch:3}: fp32 {best['fp32']:.3f} s; " + "; ".join(figures), flush=True)
 
+
 if __name__ == "__main__":
     main()

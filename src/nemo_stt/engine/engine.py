@@ -144,11 +144,15 @@ class Engine:
         if self.device.type == "cpu" and self.config.cpu_autocast == "bf16" and autocast is None:
             log.warning("CPU_AUTOCAST=bf16: this CPU has no bf16 kernels in oneDNN; the encoder runs in fp32")
         if self.device.type == "cpu" and self.config.cpu_autocast == "auto":
+            if autocast is None:
+                note = ""
+            elif self.onnx is None:
+                note = "; CPU_AUTOCAST=off runs it in fp32 as NeMo does"
+            else:
+                note = "; with INFERENCE_BACKEND=onnx, for the long-file windows that run in PyTorch"
             log.info("CPU_AUTOCAST=auto: the encoder in %s (%.1f M parameters, %s bf16 arithmetic on this CPU)%s",
                      "bf16" if autocast is not None else "fp32", self._encoder_parameters / 1e6,
-                     "native" if native_bf16_cpu() else "no native",
-                     "" if autocast is None else "; CPU_AUTOCAST=off runs it in fp32 as NeMo does" if self.onnx is None
-                     else "; with INFERENCE_BACKEND=onnx, for the long-file windows that run in PyTorch")
+                     "native" if self._native_bf16 else "no native", note)
 
     def _load(self) -> None:
         """The model, its decoding and the VAD (torch work: see `on_passing_thread`)."""
@@ -166,9 +170,10 @@ class Engine:
         configure_decoding(self.model, self.decoder)
         self.onnx = self._export_onnx() if self.config.backend == "onnx" else None
         self._encoder_parameters = sum(parameter.numel() for parameter in self.model.encoder.parameters())
+        self._native_bf16 = native_bf16_cpu()
         self.transcriber = Transcriber(self.model, self.decoder,
                                        DevicePath.for_device(self.device, self.config.gpu_autocast,
-                                                             cpu_autocast(self.config.cpu_autocast, native_bf16_cpu(),
+                                                             cpu_autocast(self.config.cpu_autocast, self._native_bf16,
                                                                           self._encoder_parameters)),
                                        encoder=self.onnx.offline() if self.onnx else None)
         autocast = self.transcriber.device_path.autocast
